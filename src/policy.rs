@@ -1,0 +1,250 @@
+//! What to do with a platform's answer: the errcode → action table, in one place.
+//!
+//! [`classify`] is a pure function of the channel, the API and the call's result. "HTTP 200 with
+//! errcode ≠ 0" is the common failure shape of both platforms and a first-class case here. The
+//! table follows `shared/reference/wechat-api.md`; the README reproduces it for operators.
+//! Anything the table does not know is dead-lettered as `unknown_errcode` (replayable) rather
+//! than retried blindly: an unknown code is more often a request problem than a transient one.
+
+use std::time::Duration;
+
+use crate::config::Channel;
+
+/// The outcome of one HTTP call to a platform, before interpretation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallResult {
+    /// HTTP 200 and errcode 0 (or no errcode).
+    Ok { msgid: Option<String> },
+    /// HTTP 200 with a non-zero errcode.
+    Errcode { code: i64, msg: String },
+    /// A non-2xx HTTP status.
+    Http(u16),
+    /// Timeout, connection refused/reset, unreadable body: nothing reliable came back.
+    Transport(String),
+}
+
+/// Which platform API answered (the same errcode can mean different things).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// A business API: sendmsg, kf/send_msg, service_state, kefustate, …
+    Business,
+    /// WeCom `gettoken`.
+    GetToken,
+}
+
+/// What the caller must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Accepted by the platform.
+    Deliver,
+    /// The access token is invalid or expired: invalidate it, refresh once, retry once.
+    RefreshToken,
+    /// A transient failure of this request: retry with backoff. `transport` is true when the
+    /// platform could not be reached at all (counts toward pausing the account on an outage).
+    Retry { transport: bool },
+    /// The account is throttled: pause the whole lane at least this long, then retry.
+    Throttle { min_pause: Duration },
+    /// A human agent serves this conversation (WeCom 95018): gate bot replies.
+    HumanServing,
+    /// Permanent for this job: dead-letter with this reason. `alert` marks configuration
+    /// problems an operator must fix (bad secret, API switched off, IP not allowed, …).
+    DeadLetter { reason: &'static str, alert: bool },
+}
+
+/// WeCom's minute-level frequency block lasts 60 s; asking earlier only extends it.
+pub const WECOM_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
+/// The Dialogue platform says "too frequent" without a duration; a short pause and a probe.
+pub const CHATBOT_THROTTLE_PAUSE: Duration = Duration::from_secs(5);
+
+/// The errcode table. See the module docs.
+pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
+    use Action::*;
+    let dead = |reason| DeadLetter {
+        reason,
+        alert: false,
+    };
+    let config = DeadLetter {
+        reason: "config_error",
+        alert: true,
+    };
+    match result {
+        CallResult::Ok { .. } => Deliver,
+        CallResult::Transport(_) => Retry { transport: true },
+        CallResult::Http(s) if *s >= 500 => Retry { transport: true },
+        CallResult::Http(429) => Throttle {
+            min_pause: match channel {
+                Channel::Wecom => WECOM_THROTTLE_PAUSE,
+                Channel::Chatbot => CHATBOT_THROTTLE_PAUSE,
+            },
+        },
+        // 401/403/404: a wrong base_url or a blocked account; nothing a retry fixes.
+        CallResult::Http(_) => config,
+        CallResult::Errcode { code, .. } => match (channel, api, *code) {
+            (_, _, 0) => Deliver,
+            // ---- Dialogue Open Platform ----
+            (Channel::Chatbot, _, 1001) => config, // TOKEN invalid
+            (Channel::Chatbot, _, 1002) => config, // bot failed review
+            (Channel::Chatbot, _, 1003..=1006) => config, // signature problems
+            (Channel::Chatbot, _, 1007 | 1008 | 1011) => dead("invalid_request"),
+            (Channel::Chatbot, _, 1013 | 1019) => config, // encryption parameters / API not enabled
+            (Channel::Chatbot, _, 3005) => config,        // account not verified
+            (Channel::Chatbot, _, 3014) => dead("content_rejected"), // sensitive words
+            (Channel::Chatbot, _, 210205) => Throttle {
+                min_pause: CHATBOT_THROTTLE_PAUSE,
+            },
+            (Channel::Chatbot, _, -1) => Retry { transport: false },
+            // ---- WeCom ----
+            (Channel::Wecom, _, -1) => Retry { transport: false }, // system busy
+            (Channel::Wecom, _, 45009) => Throttle {
+                min_pause: WECOM_THROTTLE_PAUSE,
+            },
+            (Channel::Wecom, _, 45033) => Retry { transport: false }, // too many concurrent calls
+            (Channel::Wecom, Api::GetToken, 40001) => config,         // wrong secret
+            (Channel::Wecom, Api::Business, 40001 | 40014 | 42001 | 41001) => RefreshToken,
+            (Channel::Wecom, Api::GetToken, 40014 | 42001 | 41001) => config,
+            (Channel::Wecom, _, 40013 | 40091 | 48002 | 60020 | 95017) => config,
+            (Channel::Wecom, _, 40003 | 40096) => dead("invalid_recipient"),
+            (Channel::Wecom, _, 40007) => dead("invalid_media"),
+            (Channel::Wecom, _, 40008 | 40035 | 40058 | 45002) => dead("invalid_request"),
+            (Channel::Wecom, _, 95000 | 95004) => dead("invalid_open_kfid"),
+            (Channel::Wecom, _, 95001) => dead("quota_exhausted"),
+            (Channel::Wecom, _, 95002) => dead("window_closed"),
+            (Channel::Wecom, _, 95013) => dead("session_closed"),
+            (Channel::Wecom, _, 95018) => HumanServing,
+            (Channel::Wecom, _, 95007) => dead("invalid_sync_token"),
+            _ => dead("unknown_errcode"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Channel::*;
+
+    fn code(c: i64) -> CallResult {
+        CallResult::Errcode {
+            code: c,
+            msg: String::new(),
+        }
+    }
+    fn reason(a: Action) -> &'static str {
+        match a {
+            Action::DeadLetter { reason, .. } => reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_reference_errcode_has_its_action() {
+        let b = Api::Business;
+        // (channel, api, errcode, expected)
+        let table: Vec<(Channel, Api, i64, Action)> = vec![
+            (Chatbot, b, 0, Action::Deliver),
+            (Wecom, b, 0, Action::Deliver),
+            (
+                Chatbot,
+                b,
+                210205,
+                Action::Throttle {
+                    min_pause: CHATBOT_THROTTLE_PAUSE,
+                },
+            ),
+            (
+                Wecom,
+                b,
+                45009,
+                Action::Throttle {
+                    min_pause: WECOM_THROTTLE_PAUSE,
+                },
+            ),
+            (Wecom, b, -1, Action::Retry { transport: false }),
+            (Wecom, b, 45033, Action::Retry { transport: false }),
+            (Wecom, b, 40014, Action::RefreshToken),
+            (Wecom, b, 42001, Action::RefreshToken),
+            (Wecom, b, 41001, Action::RefreshToken),
+            (Wecom, b, 40001, Action::RefreshToken),
+            (Wecom, b, 95018, Action::HumanServing),
+        ];
+        for (ch, api, c, want) in table {
+            assert_eq!(classify(ch, api, &code(c)), want, "{ch:?} {c}");
+        }
+        let dead: Vec<(Channel, Api, i64, &str, bool)> = vec![
+            (Chatbot, b, 1001, "config_error", true),
+            (Chatbot, b, 1002, "config_error", true),
+            (Chatbot, b, 1003, "config_error", true),
+            (Chatbot, b, 1006, "config_error", true),
+            (Chatbot, b, 1007, "invalid_request", false),
+            (Chatbot, b, 1008, "invalid_request", false),
+            (Chatbot, b, 1011, "invalid_request", false),
+            (Chatbot, b, 1013, "config_error", true),
+            (Chatbot, b, 1019, "config_error", true),
+            (Chatbot, b, 3005, "config_error", true),
+            (Chatbot, b, 3014, "content_rejected", false),
+            (Wecom, Api::GetToken, 40001, "config_error", true),
+            (Wecom, Api::GetToken, 42001, "config_error", true),
+            (Wecom, b, 40013, "config_error", true),
+            (Wecom, b, 40091, "config_error", true),
+            (Wecom, b, 48002, "config_error", true),
+            (Wecom, b, 60020, "config_error", true),
+            (Wecom, b, 95017, "config_error", true),
+            (Wecom, b, 40003, "invalid_recipient", false),
+            (Wecom, b, 40096, "invalid_recipient", false),
+            (Wecom, b, 40007, "invalid_media", false),
+            (Wecom, b, 40008, "invalid_request", false),
+            (Wecom, b, 40035, "invalid_request", false),
+            (Wecom, b, 40058, "invalid_request", false),
+            (Wecom, b, 45002, "invalid_request", false),
+            (Wecom, b, 95000, "invalid_open_kfid", false),
+            (Wecom, b, 95004, "invalid_open_kfid", false),
+            (Wecom, b, 95001, "quota_exhausted", false),
+            (Wecom, b, 95002, "window_closed", false),
+            (Wecom, b, 95013, "session_closed", false),
+            (Wecom, b, 95007, "invalid_sync_token", false),
+            (Wecom, b, 12345, "unknown_errcode", false),
+            (Chatbot, b, 45009, "unknown_errcode", false),
+        ];
+        for (ch, api, c, want, alert) in dead {
+            let got = classify(ch, api, &code(c));
+            assert_eq!(
+                got,
+                Action::DeadLetter {
+                    reason: want,
+                    alert
+                },
+                "{ch:?} {api:?} {c}"
+            );
+            assert_eq!(reason(got), want);
+        }
+    }
+
+    #[test]
+    fn transport_and_http_status() {
+        for ch in [Chatbot, Wecom] {
+            assert_eq!(
+                classify(ch, Api::Business, &CallResult::Transport("timeout".into())),
+                Action::Retry { transport: true }
+            );
+            assert_eq!(
+                classify(ch, Api::Business, &CallResult::Http(502)),
+                Action::Retry { transport: true }
+            );
+            assert_eq!(
+                classify(ch, Api::Business, &CallResult::Http(503)),
+                Action::Retry { transport: true }
+            );
+            assert!(matches!(
+                classify(ch, Api::Business, &CallResult::Http(429)),
+                Action::Throttle { .. }
+            ));
+            assert_eq!(
+                reason(classify(ch, Api::Business, &CallResult::Http(404))),
+                "config_error"
+            );
+            assert_eq!(
+                classify(ch, Api::Business, &CallResult::Ok { msgid: None }),
+                Action::Deliver
+            );
+        }
+    }
+}
