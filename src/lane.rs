@@ -1,0 +1,753 @@
+//! One account's lane: consume, order per conversation, rate-limit, send, retry, record, ack.
+//!
+//! A lane consumes `wxdispatch.<account>` (single active consumer, so one process at a time
+//! sends for an account: its rate limit and every conversation's order hold across any
+//! number of workers). Deliveries are grouped by *conversation* (recipient, and open_kfid for
+//! WeCom): one conversation's jobs run one after the other in delivery order, different
+//! conversations run concurrently up to `worker.concurrency`. Prefetch bounds how many
+//! deliveries are held, so memory does not grow with the backlog.
+//!
+//! One job = [`process`] → an [`Outcome`]; [`finish`] records the outcome in Postgres and only
+//! then acks (or dead-letters, then records, then acks). A panic inside [`process`] is caught
+//! and becomes an `internal_error` dead letter; the lane goes on.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::broker::{self, DeadHeaders, Publisher};
+use crate::channel::Platform;
+use crate::config::{AccountConfig, Channel, Config};
+use crate::job::{self, Gate, Job, JobError};
+use crate::policy::{self, Action};
+use crate::store::{Claim, DeadLetter, DeliveryKey, Status, Store};
+use crate::telemetry as t;
+
+/// How often a claim that collided with a concurrent one is retried before giving the
+/// message back to the broker.
+const CLAIM_BUSY_RETRIES: u32 = 50;
+const CLAIM_BUSY_WAIT: Duration = Duration::from_millis(20);
+/// Before a message is handed back to the broker (database unreachable), wait this long so
+/// a persistent outage does not become a hot redelivery loop.
+const REQUEUE_DELAY: Duration = Duration::from_millis(500);
+
+/// Everything a lane needs; shared by its tasks.
+pub struct LaneCtx {
+    pub account: AccountConfig,
+    pub cfg: Arc<Config>,
+    pub platform: Platform,
+    pub store: Store,
+    pub publisher: Publisher,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub pause: PauseGate,
+}
+
+impl LaneCtx {
+    pub fn new(
+        account: AccountConfig,
+        cfg: Arc<Config>,
+        platform: Platform,
+        store: Store,
+        publisher: Publisher,
+    ) -> Self {
+        let limiter = account.rate.period().and_then(|p| {
+            let burst = NonZeroU32::new(account.rate.burst()).unwrap_or(NonZeroU32::MIN);
+            Quota::with_period(p).map(|q| RateLimiter::direct(q.allow_burst(burst)))
+        });
+        let pause = PauseGate::new(&account.name, &cfg);
+        Self {
+            account,
+            cfg,
+            platform,
+            store,
+            publisher,
+            limiter,
+            pause,
+        }
+    }
+}
+
+/// What happened to one job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent {
+        attempts: i32,
+        msgid: Option<String>,
+    },
+    Suppressed {
+        attempts: i32,
+    },
+    Expired {
+        attempts: i32,
+    },
+    /// The job id already has an outcome: ack without doing anything.
+    Duplicate(Status),
+    Dead {
+        reason: String,
+        errcode: Option<i64>,
+        errmsg: Option<String>,
+        attempts: i32,
+    },
+    /// Give the message back to the broker (the database could not be reached).
+    Requeue {
+        why: String,
+    },
+}
+
+/// A delivery waiting for its conversation.
+struct Pending {
+    delivery: Delivery,
+    job: Result<Job, JobError>,
+}
+
+/// Conversation key: jobs with the same key are processed strictly in order.
+fn conversation_key(p: &Pending) -> String {
+    match &p.job {
+        Ok(j) => match &j.open_kfid {
+            Some(k) => format!("{k}\u{1f}{}", j.to),
+            None if j.to.is_empty() => format!("\u{1e}job:{}", j.job_id),
+            None => j.to.clone(),
+        },
+        // Rejected input has no conversation: it is handled on its own.
+        Err(_) => format!("\u{1e}tag:{}", p.delivery.delivery_tag),
+    }
+}
+
+/// Consume the account's lane until `shutdown` fires; then stop consuming, give in-flight
+/// jobs `worker.shutdown_grace_secs` to finish, and return (unfinished ones are released to
+/// the broker when the channel closes).
+pub async fn run(
+    ctx: Arc<LaneCtx>,
+    conn: &Connection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(ctx.cfg.broker.prefetch, BasicQosOptions::default())
+        .await?;
+    let queue = ctx.account.queue();
+    let tag = format!("wxdispatch-{}-{}", std::process::id(), ctx.account.name);
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(account = %ctx.account.name, %queue, "lane consuming (active once the broker picks this consumer)");
+    metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(1.0);
+
+    let sem = Arc::new(Semaphore::new(ctx.cfg.worker.concurrency));
+    let tracker = TaskTracker::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    // key present = a task runs for that conversation; the queue holds what waits behind it.
+    let mut busy: HashMap<String, VecDeque<Pending>> = HashMap::new();
+
+    let spawn = |key: String, p: Pending| {
+        let ctx = ctx.clone();
+        let sem = sem.clone();
+        let done = done_tx.clone();
+        tracker.spawn(async move {
+            if let Ok(_permit) = sem.acquire().await {
+                handle(ctx, p).await;
+            }
+            let _ = done.send(key);
+        });
+    };
+
+    loop {
+        tokio::select! {
+            biased;
+            Some(key) = done_rx.recv() => {
+                let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
+                match next {
+                    Some(p) => spawn(key, p),
+                    None => { busy.remove(&key); }
+                }
+            }
+            _ = shutdown.cancelled() => break,
+            d = consumer.next() => match d {
+                None => break,
+                Some(Err(e)) => {
+                    warn!(account = %ctx.account.name, error = %e, "lane consumer error; waiting for recovery");
+                    if let Err(e) = ch.wait_for_recovery(e).await {
+                        metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
+                        return Err(anyhow::anyhow!("lane {}: {e}", ctx.account.name));
+                    }
+                }
+                Some(Ok(delivery)) => {
+                    metrics::counter!(t::JOBS_CONSUMED, "account" => ctx.account.name.clone()).increment(1);
+                    let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
+                    let p = Pending { delivery, job };
+                    let key = conversation_key(&p);
+                    match busy.get_mut(&key) {
+                        Some(q) => q.push_back(p),
+                        None => {
+                            busy.insert(key.clone(), VecDeque::new());
+                            spawn(key, p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Graceful stop: no new deliveries; finish what runs; queued ones go back to the broker.
+    let _ = ch
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    for (_, q) in busy.drain() {
+        for p in q {
+            let _ = p
+                .delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        }
+    }
+    tracker.close();
+    let grace = Duration::from_secs(ctx.cfg.worker.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(account = %ctx.account.name, "grace period over; releasing unfinished jobs to the broker");
+    }
+    let _ = ch.close(200, "shutdown".into()).await;
+    metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
+    info!(account = %ctx.account.name, "lane stopped");
+    Ok(())
+}
+
+/// Run one job with panic containment, then finish it.
+async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
+    // After a broker reconnect the deliveries of the old channel are void: the broker has
+    // requeued them and will deliver them again.
+    if !p.delivery.acker.usable() {
+        return;
+    }
+    metrics::gauge!(t::INFLIGHT).increment(1.0);
+    let job = match p.job {
+        Ok(j) => j,
+        Err(e) => {
+            let outcome = Outcome::Dead {
+                reason: e.reason.to_owned(),
+                errcode: None,
+                errmsg: Some(e.detail.clone()),
+                attempts: 0,
+            };
+            finish(&ctx, &p.delivery, None, e.job_id.as_deref(), outcome).await;
+            metrics::gauge!(t::INFLIGHT).decrement(1.0);
+            return;
+        }
+    };
+    let span = info_span!("job", job.id = %job.job_id, account = %ctx.account.name, kind = job.kind.as_str(), attempt = tracing::field::Empty, outcome = tracing::field::Empty);
+    let published_ms = published_at_ms(&p.delivery.properties);
+    let inner = {
+        let ctx = ctx.clone();
+        let job = job.clone();
+        tokio::spawn(async move { process(&ctx, &job).await }.instrument(span.clone()))
+    };
+    let outcome = match inner.await {
+        Ok(o) => o,
+        Err(e) => {
+            let what = if e.is_panic() {
+                "handler panicked"
+            } else {
+                "handler cancelled"
+            };
+            tracing::error!(parent: &span, "{what}; dead-lettering as internal_error");
+            Outcome::Dead {
+                reason: "internal_error".into(),
+                errcode: None,
+                errmsg: Some(what.into()),
+                attempts: 0,
+            }
+        }
+    };
+    if let (Some(ms), Outcome::Sent { .. }) = (published_ms, &outcome) {
+        let now = chrono::Utc::now().timestamp_millis();
+        metrics::histogram!(t::E2E_LATENCY, "account" => ctx.account.name.clone())
+            .record((now - ms).max(0) as f64 / 1000.0);
+    }
+    span.record("outcome", tracing::field::debug(&outcome));
+    finish(&ctx, &p.delivery, Some(&job), Some(&job.job_id), outcome)
+        .instrument(span)
+        .await;
+    metrics::gauge!(t::INFLIGHT).decrement(1.0);
+}
+
+/// Publish time: header `x-wxdispatch-published-ms` (set by `wxdispatch send` and the
+/// benchmarks) or the AMQP timestamp (seconds).
+fn published_at_ms(props: &BasicProperties) -> Option<i64> {
+    if let Some(ms) =
+        broker::header_str(props, "x-wxdispatch-published-ms").and_then(|s| s.parse().ok())
+    {
+        return Some(ms);
+    }
+    props.timestamp().map(|s| s as i64 * 1000)
+}
+
+fn delivery_key(account: &AccountConfig, job: &Job) -> DeliveryKey {
+    DeliveryKey {
+        job_id: job.job_id.clone(),
+        account: account.name.clone(),
+        channel: account.channel.as_str(),
+        kind: job.kind.as_str(),
+        recipient: job.to.clone(),
+        open_kfid: job.open_kfid.clone(),
+        broadcast_id: None,
+    }
+}
+
+/// Decide a job's outcome: claim, then send with retries. Pure of acks and broker state.
+pub async fn process(ctx: &LaneCtx, job: &Job) -> Outcome {
+    let key = delivery_key(&ctx.account, job);
+    let mut attempts = 0i32;
+    let mut claimed = false;
+    for _ in 0..CLAIM_BUSY_RETRIES {
+        match ctx.store.claim(key.clone()).await {
+            Ok(Claim::New) => {
+                claimed = true;
+                break;
+            }
+            Ok(Claim::Resume { attempts: a, .. }) => {
+                attempts = a;
+                claimed = true;
+                break;
+            }
+            Ok(Claim::Done(s)) => return Outcome::Duplicate(s),
+            Ok(Claim::Busy) => tokio::time::sleep(CLAIM_BUSY_WAIT).await,
+            Err(e) => {
+                return Outcome::Requeue {
+                    why: format!("claim failed: {e:#}"),
+                };
+            }
+        }
+    }
+    if !claimed {
+        return Outcome::Requeue {
+            why: "job id is being claimed concurrently".into(),
+        };
+    }
+    send_with_retries(ctx, job, attempts).await
+}
+
+fn expired(job: &Job) -> bool {
+    job.not_after.is_some_and(|t| chrono::Utc::now() > t)
+}
+
+async fn send_with_retries(ctx: &LaneCtx, job: &Job, mut attempts: i32) -> Outcome {
+    let name = &ctx.account.name;
+    let r = &ctx.cfg.retry;
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(r.initial_backoff_ms))
+        .with_max_delay(Duration::from_millis(r.max_backoff_ms))
+        .with_jitter()
+        .with_max_times(r.in_process_attempts.saturating_sub(1) as usize)
+        .build();
+    let mut last_err: (Option<i64>, String) = (None, String::new());
+    loop {
+        if expired(job) {
+            return Outcome::Expired { attempts };
+        }
+        let probe = ctx.pause.wait().await;
+        if expired(job) {
+            ctx.pause.release(probe);
+            return Outcome::Expired { attempts };
+        }
+        if let Some(l) = &ctx.limiter {
+            let t0 = Instant::now();
+            l.until_ready().await;
+            metrics::histogram!(t::RATE_WAIT, "account" => name.clone())
+                .record(t0.elapsed().as_secs_f64());
+        }
+        attempts += 1;
+        tracing::Span::current().record("attempt", attempts);
+        let t0 = Instant::now();
+        let (res, api) = ctx.platform.execute(job).await;
+        metrics::histogram!(t::SEND_LATENCY, "account" => name.clone())
+            .record(t0.elapsed().as_secs_f64());
+        let action = policy::classify(ctx.account.channel, api, &res);
+        if let policy::CallResult::Errcode { code, msg } = &res {
+            metrics::counter!(t::ERRCODES, "account" => name.clone(), "errcode" => code.to_string()).increment(1);
+            last_err = (Some(*code), msg.clone());
+        } else if let policy::CallResult::Http(s) = &res {
+            metrics::counter!(t::ERRCODES, "account" => name.clone(), "errcode" => format!("http_{s}")).increment(1);
+            last_err = (None, format!("HTTP {s}"));
+        } else if let policy::CallResult::Transport(e) = &res {
+            metrics::counter!(t::ERRCODES, "account" => name.clone(), "errcode" => "transport")
+                .increment(1);
+            last_err = (None, e.clone());
+        }
+        let transient = matches!(
+            action,
+            Action::Retry { .. } | Action::RefreshToken | Action::Throttle { .. }
+        );
+        ctx.pause.report(probe, &action);
+        match action {
+            Action::Deliver => {
+                let msgid = match res {
+                    policy::CallResult::Ok { msgid } => msgid,
+                    _ => None,
+                };
+                return Outcome::Sent { attempts, msgid };
+            }
+            Action::DeadLetter { reason, alert } => {
+                if alert {
+                    tracing::error!(account = %name, errcode = ?last_err.0, errmsg = %last_err.1, "platform reports a configuration problem ({reason})");
+                }
+                return Outcome::Dead {
+                    reason: reason.into(),
+                    errcode: last_err.0,
+                    errmsg: Some(last_err.1),
+                    attempts,
+                };
+            }
+            Action::HumanServing => {
+                return if job.gate == Gate::Bot {
+                    Outcome::Suppressed { attempts }
+                } else {
+                    Outcome::Dead {
+                        reason: "human_serving".into(),
+                        errcode: last_err.0,
+                        errmsg: Some(last_err.1),
+                        attempts,
+                    }
+                };
+            }
+            Action::Throttle { .. } => {
+                // The account is paused (PauseGate); the job waits there without using its budget.
+                metrics::counter!(t::RETRIES, "account" => name.clone(), "kind" => "throttle")
+                    .increment(1);
+                continue;
+            }
+            Action::Retry { .. } | Action::RefreshToken => {}
+        }
+        debug_assert!(transient);
+        match backoff.next() {
+            Some(d) => {
+                metrics::counter!(t::RETRIES, "account" => name.clone(), "kind" => "transient")
+                    .increment(1);
+                tracing::debug!(account = %name, attempts, delay_ms = d.as_millis() as u64, error = %last_err.1, "transient failure; retrying");
+                tokio::time::sleep(d).await;
+            }
+            None => {
+                return Outcome::Dead {
+                    reason: "retries_exhausted".into(),
+                    errcode: last_err.0,
+                    errmsg: Some(last_err.1),
+                    attempts,
+                };
+            }
+        }
+    }
+}
+
+/// Record the outcome, then ack. Dead letters are published (confirmed) before the record,
+/// so a crash in between can only duplicate a dead letter, never lose one.
+async fn finish(
+    ctx: &LaneCtx,
+    delivery: &Delivery,
+    job: Option<&Job>,
+    job_id: Option<&str>,
+    outcome: Outcome,
+) {
+    let name = &ctx.account.name;
+    let status_row = |status: Status,
+                      attempts: i32,
+                      errcode: Option<i64>,
+                      error: Option<String>,
+                      msgid: Option<String>| {
+        let key = match job {
+            Some(j) => delivery_key(&ctx.account, j),
+            None => DeliveryKey {
+                job_id: job_id.unwrap_or_default().to_owned(),
+                account: name.clone(),
+                channel: ctx.account.channel.as_str(),
+                kind: "send",
+                recipient: String::new(),
+                open_kfid: None,
+                broadcast_id: None,
+            },
+        };
+        crate::store::Outcome {
+            key,
+            status,
+            attempts,
+            errcode,
+            error,
+            platform_msgid: msgid,
+        }
+    };
+    let record = match &outcome {
+        Outcome::Sent { attempts, msgid } => Some(status_row(
+            Status::Sent,
+            *attempts,
+            None,
+            None,
+            msgid.clone(),
+        )),
+        Outcome::Suppressed { attempts } => Some(status_row(
+            Status::Suppressed,
+            *attempts,
+            None,
+            Some("human agent serving".into()),
+            None,
+        )),
+        Outcome::Expired { attempts } => Some(status_row(
+            Status::Expired,
+            *attempts,
+            None,
+            Some("not_after passed".into()),
+            None,
+        )),
+        Outcome::Dead {
+            reason,
+            errcode,
+            errmsg,
+            attempts,
+        } => {
+            let headers = DeadHeaders {
+                reason,
+                errcode: *errcode,
+                errmsg: errmsg.as_deref(),
+                account: name,
+                attempts: *attempts,
+            };
+            if let Err(e) = ctx
+                .publisher
+                .dead_letter(&delivery.data, &delivery.properties, &headers)
+                .await
+            {
+                warn!(account = %name, error = %e, "dead-letter publish failed; message goes back to the queue");
+                requeue(delivery).await;
+                return;
+            }
+            metrics::counter!(t::DEAD_LETTERS, "account" => name.clone(), "reason" => reason.clone()).increment(1);
+            warn!(account = %name, job.id = job_id.unwrap_or("-"), %reason, errcode = ?errcode, errmsg = errmsg.as_deref().unwrap_or(""), "dead-lettered");
+            let dl = DeadLetter {
+                job_id: job_id.map(str::to_owned),
+                account: name.clone(),
+                reason: reason.clone(),
+                errcode: *errcode,
+                errmsg: errmsg.clone(),
+                attempts: *attempts,
+                body: delivery.data.clone(),
+            };
+            if let Err(e) = ctx.store.record_dead_letter(&dl).await {
+                warn!(account = %name, error = %e, "dead letter not recorded in Postgres; message goes back to the queue");
+                requeue(delivery).await;
+                return;
+            }
+            let error = match errmsg {
+                Some(m) if !m.is_empty() => format!("{reason}: {m}"),
+                _ => reason.clone(),
+            };
+            job_id.map(|_| status_row(Status::Dead, *attempts, *errcode, Some(error), None))
+        }
+        Outcome::Duplicate(s) => {
+            metrics::counter!(t::DUPLICATES, "account" => name.clone()).increment(1);
+            tracing::debug!(account = %name, job.id = job_id.unwrap_or("-"), status = s.as_str(), "duplicate job; already recorded");
+            None
+        }
+        Outcome::Requeue { why } => {
+            warn!(account = %name, job.id = job_id.unwrap_or("-"), %why, "giving the message back to the broker");
+            requeue(delivery).await;
+            return;
+        }
+    };
+    if let Some(row) = record {
+        let status = row.status;
+        if let Err(e) = ctx.store.record(row).await {
+            warn!(account = %name, error = %e, "outcome not recorded; message goes back to the queue");
+            requeue(delivery).await;
+            return;
+        }
+        metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => status.as_str()).increment(1);
+    } else if matches!(outcome, Outcome::Duplicate(_)) {
+        metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "duplicate").increment(1);
+    }
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel died after the record: the broker redelivers and the claim dedupes.
+        warn!(account = %name, error = %e, "ack failed after the outcome was recorded");
+    }
+}
+
+async fn requeue(delivery: &Delivery) {
+    tokio::time::sleep(REQUEUE_DELAY).await;
+    if let Err(e) = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+    {
+        warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+    }
+}
+
+/// The account-wide pause: throttling (45009/210205/HTTP 429) or an outage (a run of
+/// transport failures) stops every job of the account, other accounts keep flowing. When the
+/// pause ends one job goes first as a probe; the rest wait for its verdict.
+pub struct PauseGate {
+    account: String,
+    state: std::sync::Mutex<PauseState>,
+    notify: Notify,
+    consecutive_transport: AtomicU32,
+    outage_threshold: u32,
+    pause_initial: Duration,
+    pause_max: Duration,
+    throttle_min: Option<Duration>,
+}
+
+#[derive(Default)]
+struct PauseState {
+    until: Option<Instant>,
+    probing: bool,
+    /// Consecutive pauses without a successful probe; the next pause doubles.
+    level: u32,
+}
+
+/// Whether the caller is the probe after a pause (its result decides for everyone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe(bool);
+
+impl PauseGate {
+    pub fn new(account: &str, cfg: &Config) -> Self {
+        Self {
+            account: account.to_owned(),
+            state: std::sync::Mutex::new(PauseState::default()),
+            notify: Notify::new(),
+            consecutive_transport: AtomicU32::new(0),
+            outage_threshold: cfg.retry.outage_threshold.max(1),
+            pause_initial: Duration::from_secs(cfg.retry.pause_initial_secs),
+            pause_max: Duration::from_secs(
+                cfg.retry.pause_max_secs.max(cfg.retry.pause_initial_secs),
+            ),
+            throttle_min: cfg.retry.throttle_pause_secs.map(Duration::from_secs),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait while the account is paused. Returns `Probe(true)` for the one job that tests
+    /// the platform after a pause.
+    pub async fn wait(&self) -> Probe {
+        loop {
+            let notified = self.notify.notified();
+            let sleep_until = {
+                let mut s = self.lock();
+                match s.until {
+                    None if !s.probing => return Probe(false),
+                    None => None, // a probe is out: wait for its verdict
+                    Some(u) if u > Instant::now() => Some(u),
+                    Some(_) => {
+                        s.until = None;
+                        s.probing = true;
+                        return Probe(true);
+                    }
+                }
+            };
+            match sleep_until {
+                Some(u) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(u.into()) => {}
+                        _ = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn pause(&self, min: Duration, why: &str) {
+        let mut s = self.lock();
+        let scaled = self
+            .pause_initial
+            .saturating_mul(1 << s.level.min(16))
+            .min(self.pause_max);
+        let d = scaled.max(min);
+        let until = Instant::now() + d;
+        if s.until.is_none_or(|u| u < until) {
+            s.until = Some(until);
+        }
+        s.probing = false;
+        s.level = s.level.saturating_add(1);
+        drop(s);
+        metrics::gauge!(t::LANE_PAUSED, "account" => self.account.clone()).set(1.0);
+        metrics::counter!(t::LANE_PAUSES, "account" => self.account.clone(), "reason" => why.to_owned()).increment(1);
+        warn!(account = %self.account, pause_secs = d.as_secs_f64(), reason = why, "account lane paused");
+        self.notify.notify_waiters();
+    }
+
+    /// Feed the result of an attempt.
+    pub fn report(&self, probe: Probe, action: &Action) {
+        match action {
+            Action::Throttle { min_pause } => {
+                let min = self.throttle_min.unwrap_or(*min_pause);
+                self.pause(min, "throttled");
+            }
+            Action::Retry { transport: true } => {
+                let n = self.consecutive_transport.fetch_add(1, Ordering::Relaxed) + 1;
+                if probe.0 || n >= self.outage_threshold {
+                    self.consecutive_transport.store(0, Ordering::Relaxed);
+                    self.pause(Duration::ZERO, "outage");
+                }
+            }
+            _ => {
+                self.consecutive_transport.store(0, Ordering::Relaxed);
+                let mut s = self.lock();
+                if probe.0 || s.probing {
+                    let was_paused = s.level > 0;
+                    s.probing = false;
+                    s.level = 0;
+                    drop(s);
+                    if was_paused {
+                        metrics::gauge!(t::LANE_PAUSED, "account" => self.account.clone()).set(0.0);
+                        info!(account = %self.account, "account lane resumed");
+                    }
+                    self.notify.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// A probe that will not make its call hands the probe role back.
+    pub fn release(&self, probe: Probe) {
+        if probe.0 {
+            self.lock().until = Some(Instant::now());
+            self.lock().probing = false;
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        let s = self.lock();
+        s.probing || s.until.is_some_and(|u| u > Instant::now())
+    }
+}
+
+/// Channel of the account, for callers that only have the context.
+pub fn channel_of(ctx: &LaneCtx) -> Channel {
+    ctx.account.channel
+}

@@ -1,0 +1,98 @@
+//! Log and metric names in one place, and the setup of both.
+//!
+//! Labels are limited to `account`, `channel`, `outcome`, `reason`, `errcode` and `kind`:
+//! never a recipient, a job id or a secret (their cardinality is unbounded and they are
+//! personal data).
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const JOBS_CONSUMED: &str = "wxdispatch_jobs_consumed_total";
+pub const DELIVERIES: &str = "wxdispatch_deliveries_total";
+pub const ERRCODES: &str = "wxdispatch_platform_errcodes_total";
+pub const SEND_LATENCY: &str = "wxdispatch_send_latency_seconds";
+pub const E2E_LATENCY: &str = "wxdispatch_end_to_end_latency_seconds";
+pub const RETRIES: &str = "wxdispatch_retries_total";
+pub const DEAD_LETTERS: &str = "wxdispatch_dead_letters_total";
+pub const LANE_PAUSED: &str = "wxdispatch_lane_paused";
+pub const LANE_PAUSES: &str = "wxdispatch_lane_pauses_total";
+pub const RATE_WAIT: &str = "wxdispatch_rate_limiter_wait_seconds";
+pub const TOKEN_REFRESHES: &str = "wxdispatch_token_refreshes_total";
+pub const TOKEN_REFRESH_FAILURES: &str = "wxdispatch_token_refresh_failures_total";
+pub const DUPLICATES: &str = "wxdispatch_duplicate_jobs_total";
+pub const INFLIGHT: &str = "wxdispatch_jobs_in_flight";
+pub const DB_BATCH_ROWS: &str = "wxdispatch_db_batch_rows";
+pub const LANE_CONSUMERS: &str = "wxdispatch_lane_consumer_active";
+
+/// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// Install the Prometheus recorder (once per process) and describe the metrics.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(DB_BATCH_ROWS.into()), BATCH_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(JOBS_CONSUMED, "Jobs taken from the lanes");
+    describe_counter!(
+        DELIVERIES,
+        "Jobs finished, by outcome (sent, dead, suppressed, expired, duplicate)"
+    );
+    describe_counter!(ERRCODES, "Non-zero platform errcodes and HTTP failures");
+    describe_histogram!(SEND_LATENCY, "Duration of one platform request");
+    describe_histogram!(
+        E2E_LATENCY,
+        "From publish (AMQP timestamp) to the platform's answer"
+    );
+    describe_counter!(RETRIES, "Retries of a job after a transient failure");
+    describe_counter!(DEAD_LETTERS, "Messages dead-lettered, by reason");
+    describe_gauge!(
+        LANE_PAUSED,
+        "1 while an account lane is paused (throttle or outage)"
+    );
+    describe_counter!(LANE_PAUSES, "Times an account lane was paused");
+    describe_histogram!(
+        RATE_WAIT,
+        "Time a job waited for the account's rate limiter"
+    );
+    describe_counter!(TOKEN_REFRESHES, "WeCom gettoken calls");
+    describe_counter!(
+        TOKEN_REFRESH_FAILURES,
+        "WeCom gettoken calls refused for configuration reasons"
+    );
+    describe_counter!(
+        DUPLICATES,
+        "Redelivered or duplicate jobs that already had an outcome"
+    );
+    describe_gauge!(INFLIGHT, "Jobs being processed");
+    describe_histogram!(DB_BATCH_ROWS, "Rows per batched database write");
+    describe_gauge!(
+        LANE_CONSUMERS,
+        "1 while this process consumes the account lane"
+    );
+}
+
+/// Logging: `RUST_LOG` filter (default info), plain text or JSON (`WXDISPATCH_LOG=json`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    let json = std::env::var("WXDISPATCH_LOG").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
