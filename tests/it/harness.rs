@@ -1,0 +1,300 @@
+//! Test environment: a fresh RabbitMQ vhost and a fresh Postgres database per test, the
+//! project's simulator in process, and a worker (in process or as a child process).
+//! Nothing is mocked but the WeChat HTTP APIs (the simulator).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use wxdispatch::broker::{self, Publisher};
+use wxdispatch::config::{AccountConfig, Channel, Config, Rate, Secret};
+use wxdispatch::simulate::{self, SimHandle, SimOptions};
+use wxdispatch::worker::Worker;
+
+pub const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+pub const AES_KEY_2: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn unique(prefix: &str) -> String {
+    let r: u64 = rand::random();
+    format!("{prefix}_{}_{:x}", std::process::id(), r & 0xffff_ffff)
+}
+
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl must be installed for the tests");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn chatbot_account(name: &str, base_url: &str) -> AccountConfig {
+    AccountConfig {
+        name: name.into(),
+        channel: Channel::Chatbot,
+        base_url: Some(base_url.into()),
+        rate: Rate {
+            per_second: None,
+            per_minute: None,
+            burst: None,
+            unlimited: true,
+        },
+        appid: Some("P5Zb1RfMtW7rS3k".into()),
+        default_channel: 0,
+        corpid: None,
+        secret: Secret::default(),
+        secret_file: None,
+        open_kfids: vec![],
+        token: Secret::new(format!("TOKEN{}", name.replace('-', ""))),
+        token_file: None,
+        encoding_aes_key: Secret::new(AES_KEY),
+        encoding_aes_key_file: None,
+    }
+}
+
+pub fn wecom_account(name: &str, base_url: &str) -> AccountConfig {
+    AccountConfig {
+        name: name.into(),
+        channel: Channel::Wecom,
+        base_url: Some(base_url.into()),
+        rate: Rate {
+            per_second: None,
+            per_minute: None,
+            burst: None,
+            unlimited: true,
+        },
+        appid: None,
+        default_channel: 0,
+        corpid: Some(format!("ww{}", name.replace('-', ""))),
+        secret: Secret::new(format!("secret-{name}")),
+        secret_file: None,
+        open_kfids: vec!["wkKF1".into()],
+        token: Secret::new("cbtoken"),
+        token_file: None,
+        encoding_aes_key: Secret::new(AES_KEY_2),
+        encoding_aes_key_file: None,
+    }
+}
+
+pub struct Env {
+    pub vhost: String,
+    pub db: String,
+    pub cfg: Config,
+    pub pool: PgPool,
+    pub sim: Option<SimHandle>,
+    pub conn: lapin::Connection,
+    pub publisher: Publisher,
+}
+
+impl Env {
+    /// A fresh vhost and database, the simulator started with `accounts` (built from its
+    /// base URL), and a config pointing at all three. The worker is not started.
+    pub async fn new(
+        accounts: impl FnOnce(&str) -> Vec<AccountConfig>,
+        sim_opts: SimOptions,
+    ) -> Env {
+        let vhost = unique("wxdt");
+        let db = unique("wxdt");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accs = accounts(&base);
+        let sim = simulate::start(accs.clone(), sim_opts, listener)
+            .await
+            .unwrap();
+        let mut cfg = Config::default();
+        cfg.broker.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+        cfg.database.url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+        cfg.http.listen = "127.0.0.1:0".into();
+        cfg.accounts = accs;
+        cfg.worker.http_timeout_ms = 2_000;
+        cfg.worker.shutdown_grace_secs = 5;
+        cfg.retry.initial_backoff_ms = 5;
+        cfg.retry.max_backoff_ms = 50;
+        cfg.retry.pause_initial_secs = 1;
+        cfg.retry.pause_max_secs = 2;
+        cfg.retry.throttle_pause_secs = Some(1);
+        cfg.validate().unwrap();
+        let pool = wxdispatch::store::connect_pool(&cfg).await.unwrap();
+        wxdispatch::store::migrate(&pool).await.unwrap();
+        let conn = broker::connect(&cfg.broker.url, "wxdispatch-test")
+            .await
+            .unwrap();
+        broker::declare_topology(&conn, &cfg).await.unwrap();
+        let publisher = Publisher::new(&conn).await.unwrap();
+        Env {
+            vhost,
+            db,
+            cfg,
+            pool,
+            sim: Some(sim),
+            conn,
+            publisher,
+        }
+    }
+
+    pub fn sim(&self) -> Arc<simulate::SimState> {
+        self.sim.as_ref().unwrap().state()
+    }
+
+    pub async fn start_worker(&self) -> Worker {
+        Worker::start(self.cfg.clone()).await.unwrap()
+    }
+
+    pub async fn publish(&self, account: &str, job: &Value) {
+        let id = job.get("job_id").and_then(Value::as_str).unwrap_or("");
+        self.publisher
+            .publish_job(account, id, &serde_json::to_vec(job).unwrap())
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_raw(&self, account: &str, body: &[u8]) {
+        self.publisher
+            .publish(
+                broker::EXCHANGE,
+                account,
+                body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Status of every row, by job id.
+    pub async fn statuses(&self) -> std::collections::HashMap<String, String> {
+        sqlx::query("SELECT job_id, status FROM deliveries")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get("job_id"), r.get("status")))
+            .collect()
+    }
+
+    pub async fn status_of(&self, job_id: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM deliveries WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Poll until `n` rows are terminal (or panic after `timeout`).
+    pub async fn wait_terminal(&self, n: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM deliveries WHERE status NOT IN ('accepted','retrying')",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {n} deliveries terminal after {timeout:?}: {:?}",
+                self.status_counts().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status_counts(&self) -> Vec<(String, i64)> {
+        sqlx::query("SELECT status, count(*) AS n FROM deliveries GROUP BY status ORDER BY status")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get("status"), r.get("n")))
+            .collect()
+    }
+
+    /// Take `n` messages from `wxdispatch.dead` (waiting up to `timeout`).
+    pub async fn dead_letters(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(Value, lapin::BasicProperties)> {
+        let ch = self.conn.create_channel().await.unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            match ch
+                .basic_get(broker::DEAD.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+            {
+                Some(m) => {
+                    let v = serde_json::from_slice(&m.delivery.data).unwrap_or(Value::String(
+                        String::from_utf8_lossy(&m.delivery.data)
+                            .chars()
+                            .take(50)
+                            .collect(),
+                    ));
+                    out.push((v, m.delivery.properties.clone()));
+                    m.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .unwrap();
+                }
+                None => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "only {} of {n} dead letters arrived",
+                        out.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        out
+    }
+
+    /// Messages currently in a queue (declared passively).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+
+    pub async fn cleanup(mut self) {
+        if let Some(s) = self.sim.take() {
+            s.shutdown().await;
+        }
+        let _ = self.conn.close(200, "bye".into()).await;
+        self.pool.close().await;
+        let vhost = self.vhost.clone();
+        let _ = tokio::task::spawn_blocking(move || rabbitmqctl(&["delete_vhost", &vhost])).await;
+        if let Ok(admin) = PgPool::connect(PG_ADMIN).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
