@@ -9,6 +9,8 @@
 //!   └─ (no match) ─▶ wxdispatch.unroutable (fanout) ─▶ wxdispatch.unroutable (quorum)
 //! wxdispatch.dead (fanout) ─▶ wxdispatch.dead (quorum)
 //! wxdispatch.inbound (topic)               <account>.<msgtype>
+//! wxdispatch.retry.<N>s (fanout) ─▶ wxdispatch.retry.<N>s  quorum, TTL N s, DLX wxdispatch:
+//!                                    a parked job returns to its lane after N seconds
 //! ```
 
 use anyhow::Context;
@@ -74,6 +76,35 @@ fn lane_args(cfg: &Config) -> FieldTable {
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(DEAD.into()),
+    );
+    args
+}
+
+/// The durable delay tier of `secs` seconds: exchange and queue of the same name.
+pub fn retry_tier(secs: u64) -> String {
+    format!("wxdispatch.retry.{secs}s")
+}
+
+/// A delay tier: messages wait `secs` (queue TTL), then dead-letter back to `wxdispatch`
+/// with their original routing key (the account), i.e. into their lane. Quorum with
+/// at-least-once dead-lettering, so a broker restart cannot lose a parked job.
+fn tier_args(secs: u64) -> FieldTable {
+    let mut args = quorum_args();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt((secs * 1000) as i64),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(EXCHANGE.into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
     );
     args
 }
@@ -149,6 +180,12 @@ pub async fn declare_topology(conn: &Connection, cfg: &Config) -> anyhow::Result
     bind(&ch, UNROUTABLE, UNROUTABLE, "").await?;
     queue(&ch, DEAD, quorum_args()).await?;
     bind(&ch, DEAD, DEAD, "").await?;
+    for &secs in &cfg.retry.tiers_secs {
+        let name = retry_tier(secs);
+        exchange(&ch, &name, ExchangeKind::Fanout, FieldTable::default()).await?;
+        queue(&ch, &name, tier_args(secs)).await?;
+        bind(&ch, &name, &name, "").await?;
+    }
     for a in &cfg.accounts {
         declare_lane(&ch, cfg, a).await?;
     }

@@ -56,6 +56,8 @@ pub struct LaneCtx {
     pub publisher: Publisher,
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub pause: PauseGate,
+    /// Conversations with jobs parked in a delay tier (see [`Parked`]).
+    pub parked: Parked,
 }
 
 impl LaneCtx {
@@ -79,6 +81,7 @@ impl LaneCtx {
             publisher,
             limiter,
             pause,
+            parked: Parked::default(),
         }
     }
 }
@@ -104,6 +107,17 @@ pub enum Outcome {
         errmsg: Option<String>,
         attempts: i32,
     },
+    /// Park the job in the durable delay tier of `tier_secs` and ack it; it comes back to the
+    /// lane by itself. `follow` marks a job parked only to stay behind an earlier parked job of
+    /// its conversation (it was not attempted).
+    Park {
+        tier_secs: u64,
+        attempts: i32,
+        parks: u32,
+        follow: bool,
+        errcode: Option<i64>,
+        error: String,
+    },
     /// Give the message back to the broker (the database could not be reached).
     Requeue {
         why: String,
@@ -119,13 +133,134 @@ struct Pending {
 /// Conversation key: jobs with the same key are processed strictly in order.
 fn conversation_key(p: &Pending) -> String {
     match &p.job {
-        Ok(j) => match &j.open_kfid {
-            Some(k) => format!("{k}\u{1f}{}", j.to),
-            None if j.to.is_empty() => format!("\u{1e}job:{}", j.job_id),
-            None => j.to.clone(),
-        },
+        Ok(j) => conversation_of(j),
         // Rejected input has no conversation: it is handled on its own.
         Err(_) => format!("\u{1e}tag:{}", p.delivery.delivery_tag),
+    }
+}
+
+/// The conversation a job belongs to: (open_kfid, recipient) for WeCom, the openid for the
+/// chatbot; a job without a recipient (a broadcast) is its own conversation.
+pub fn conversation_of(j: &Job) -> String {
+    match &j.open_kfid {
+        Some(k) => format!("{k}\u{1f}{}", j.to),
+        None if j.to.is_empty() => format!("\u{1e}job:{}", j.job_id),
+        None => j.to.clone(),
+    }
+}
+
+/// Header carrying how often a job was parked (selects its next delay tier).
+pub const H_PARKS: &str = "x-wxdispatch-parks";
+
+fn parks_of(props: &BasicProperties) -> u32 {
+    broker::header_str(props, H_PARKS)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Jobs parked in delay tiers, by conversation, mirrored in `parked_jobs` so a lane that
+/// fails over to another process keeps the order. Only the lane's own process touches it
+/// (single active consumer).
+#[derive(Default)]
+pub struct Parked {
+    /// conversation → seq → (job id, tier seconds)
+    map: std::sync::Mutex<HashMap<String, std::collections::BTreeMap<i64, (String, u64)>>>,
+}
+
+impl Parked {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, std::collections::BTreeMap<i64, (String, u64)>>>
+    {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Load the account's parked jobs (lane start).
+    pub async fn load(&self, store: &Store, account: &str) -> anyhow::Result<()> {
+        let rows: Vec<(String, String, i64, i32)> = sqlx::query_as(
+            "SELECT conversation, job_id, seq, tier_secs FROM parked_jobs WHERE account = $1",
+        )
+        .bind(account)
+        .fetch_all(store.pool())
+        .await?;
+        let mut m = self.lock();
+        m.clear();
+        for (conv, job, seq, tier) in rows {
+            m.entry(conv)
+                .or_default()
+                .insert(seq, (job, tier.max(0) as u64));
+        }
+        Ok(())
+    }
+
+    /// The tier to park `job_id` in when an earlier job of `conv` is parked, else `None`.
+    pub fn blocking_tier(&self, conv: &str, job_id: &str) -> Option<u64> {
+        let m = self.lock();
+        let jobs = m.get(conv)?;
+        let (_, (head, tier)) = jobs.iter().next()?;
+        (head != job_id).then_some(*tier)
+    }
+
+    /// Record that `job_id` is parked in `tier_secs` (keeping its place if already parked).
+    async fn park(
+        &self,
+        store: &Store,
+        account: &str,
+        conv: &str,
+        job_id: &str,
+        tier_secs: u64,
+    ) -> anyhow::Result<()> {
+        let seq = {
+            let mut m = self.lock();
+            let jobs = m.entry(conv.to_owned()).or_default();
+            let existing = jobs.iter().find(|(_, (j, _))| j == job_id).map(|(s, _)| *s);
+            let seq = existing.unwrap_or_else(|| jobs.keys().next_back().map_or(1, |s| s + 1));
+            jobs.insert(seq, (job_id.to_owned(), tier_secs));
+            seq
+        };
+        sqlx::query(
+            "INSERT INTO parked_jobs (account, conversation, job_id, seq, tier_secs) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account, job_id) DO UPDATE SET tier_secs = excluded.tier_secs, parked_at = now()",
+        )
+        .bind(account)
+        .bind(conv)
+        .bind(job_id)
+        .bind(seq)
+        .bind(tier_secs as i32)
+        .execute(store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A parked job reached an outcome: the conversation moves on.
+    async fn release(
+        &self,
+        store: &Store,
+        account: &str,
+        conv: &str,
+        job_id: &str,
+    ) -> anyhow::Result<()> {
+        let was_parked = {
+            let mut m = self.lock();
+            let Some(jobs) = m.get_mut(conv) else {
+                return Ok(());
+            };
+            let before = jobs.len();
+            jobs.retain(|_, (j, _)| j != job_id);
+            let removed = jobs.len() != before;
+            if jobs.is_empty() {
+                m.remove(conv);
+            }
+            removed
+        };
+        if was_parked {
+            sqlx::query("DELETE FROM parked_jobs WHERE account = $1 AND job_id = $2")
+                .bind(account)
+                .bind(job_id)
+                .execute(store.pool())
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +272,10 @@ pub async fn run(
     conn: &Connection,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    ctx.parked
+        .load(&ctx.store, &ctx.account.name)
+        .await
+        .map_err(|e| anyhow::anyhow!("lane {}: loading parked jobs: {e:#}", ctx.account.name))?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(ctx.cfg.broker.prefetch, BasicQosOptions::default())
         .await?;
@@ -262,7 +401,8 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
     let inner = {
         let ctx = ctx.clone();
         let job = job.clone();
-        tokio::spawn(async move { process(&ctx, &job).await }.instrument(span.clone()))
+        let parks = parks_of(&p.delivery.properties);
+        tokio::spawn(async move { process(&ctx, &job, parks).await }.instrument(span.clone()))
     };
     let outcome = match inner.await {
         Ok(o) => o,
@@ -317,9 +457,21 @@ fn delivery_key(account: &AccountConfig, job: &Job) -> DeliveryKey {
 }
 
 /// Decide a job's outcome: claim, then send with retries. Pure of acks and broker state.
-pub async fn process(ctx: &LaneCtx, job: &Job) -> Outcome {
+pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32) -> Outcome {
+    // A conversation with an earlier job parked in a delay tier: this one parks behind it.
+    if let Some(tier_secs) = ctx.parked.blocking_tier(&conversation_of(job), &job.job_id) {
+        return Outcome::Park {
+            tier_secs,
+            attempts: 0,
+            parks,
+            follow: true,
+            errcode: None,
+            error: "waiting behind an earlier job of the conversation".into(),
+        };
+    }
     let key = delivery_key(&ctx.account, job);
     let mut attempts = 0i32;
+    let mut first_attempt = chrono::Utc::now();
     let mut claimed = false;
     for _ in 0..CLAIM_BUSY_RETRIES {
         match ctx.store.claim(key.clone()).await {
@@ -327,8 +479,12 @@ pub async fn process(ctx: &LaneCtx, job: &Job) -> Outcome {
                 claimed = true;
                 break;
             }
-            Ok(Claim::Resume { attempts: a, .. }) => {
+            Ok(Claim::Resume {
+                attempts: a,
+                first_attempt_at,
+            }) => {
                 attempts = a;
+                first_attempt = first_attempt_at.unwrap_or(first_attempt);
                 claimed = true;
                 break;
             }
@@ -346,14 +502,22 @@ pub async fn process(ctx: &LaneCtx, job: &Job) -> Outcome {
             why: "job id is being claimed concurrently".into(),
         };
     }
-    send_with_retries(ctx, job, attempts).await
+    let budget_left = chrono::Duration::seconds(ctx.cfg.retry.total_budget_secs as i64)
+        - (chrono::Utc::now() - first_attempt);
+    send_with_retries(ctx, job, attempts, parks, budget_left).await
 }
 
 fn expired(job: &Job) -> bool {
     job.not_after.is_some_and(|t| chrono::Utc::now() > t)
 }
 
-async fn send_with_retries(ctx: &LaneCtx, job: &Job, mut attempts: i32) -> Outcome {
+async fn send_with_retries(
+    ctx: &LaneCtx,
+    job: &Job,
+    mut attempts: i32,
+    parks: u32,
+    budget_left: chrono::Duration,
+) -> Outcome {
     let name = &ctx.account.name;
     let r = &ctx.cfg.retry;
     let mut backoff = ExponentialBuilder::default()
@@ -449,6 +613,22 @@ async fn send_with_retries(ctx: &LaneCtx, job: &Job, mut attempts: i32) -> Outco
                 tokio::time::sleep(d).await;
             }
             None => {
+                // In-process budget spent: park durably while the total budget lasts (the
+                // tier wait must fit in it), so no message is held unacked for long.
+                let tiers = &ctx.cfg.retry.tiers_secs;
+                let tier_secs = tiers[(parks as usize).min(tiers.len().saturating_sub(1))];
+                if budget_left > chrono::Duration::seconds(tier_secs as i64) {
+                    metrics::counter!(t::RETRIES, "account" => name.clone(), "kind" => "parked")
+                        .increment(1);
+                    return Outcome::Park {
+                        tier_secs,
+                        attempts,
+                        parks: parks + 1,
+                        follow: false,
+                        errcode: last_err.0,
+                        error: last_err.1,
+                    };
+                }
                 return Outcome::Dead {
                     reason: "retries_exhausted".into(),
                     errcode: last_err.0,
@@ -572,6 +752,65 @@ async fn finish(
             requeue(delivery).await;
             return;
         }
+        Outcome::Park {
+            tier_secs,
+            attempts,
+            parks,
+            follow,
+            errcode,
+            error,
+        } => {
+            let Some(j) = job else {
+                requeue(delivery).await;
+                return;
+            };
+            // Record first (row + conversation order), then hand the message to the tier,
+            // then ack: a crash in between re-runs the job from the lane, never loses it.
+            let row = status_row(
+                Status::Retrying,
+                *attempts,
+                *errcode,
+                Some(format!("parked {tier_secs}s: {error}")),
+                None,
+            );
+            let conv = conversation_of(j);
+            let recorded = async {
+                ctx.store.record(row).await?;
+                ctx.parked
+                    .park(&ctx.store, name, &conv, &j.job_id, *tier_secs)
+                    .await
+            }
+            .await;
+            if let Err(e) = recorded {
+                warn!(account = %name, error = %format!("{e:#}"), "parking not recorded; message goes back to the queue");
+                requeue(delivery).await;
+                return;
+            }
+            let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+            headers.insert(
+                H_PARKS.into(),
+                lapin::types::AMQPValue::LongString(parks.to_string().into()),
+            );
+            let props = delivery.properties.clone().with_headers(headers);
+            let tier = broker::retry_tier(*tier_secs);
+            if let Err(e) = ctx
+                .publisher
+                .publish(&tier, name, &delivery.data, props)
+                .await
+            {
+                warn!(account = %name, error = %e, "publish to the delay tier failed; message goes back to the queue");
+                requeue(delivery).await;
+                return;
+            }
+            if !follow {
+                tracing::info!(account = %name, job.id = %j.job_id, tier_secs, attempts, %error, "job parked in a delay tier");
+            }
+            metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "parked").increment(1);
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                warn!(account = %name, error = %e, "ack failed after parking");
+            }
+            return;
+        }
     };
     if let Some(row) = record {
         let status = row.status;
@@ -583,6 +822,18 @@ async fn finish(
         metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => status.as_str()).increment(1);
     } else if matches!(outcome, Outcome::Duplicate(_)) {
         metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "duplicate").increment(1);
+    }
+    // The job has its outcome (now or earlier, for a duplicate): if it was parked, its
+    // conversation moves on.
+    if let Some(j) = job
+        && let Err(e) = ctx
+            .parked
+            .release(&ctx.store, name, &conversation_of(j), &j.job_id)
+            .await
+    {
+        warn!(account = %name, error = %format!("{e:#}"), "parked job not released; message goes back to the queue");
+        requeue(delivery).await;
+        return;
     }
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         // The channel died after the record: the broker redelivers and the claim dedupes.
