@@ -198,7 +198,7 @@ impl Platform {
         call_json(self.http.post(url).json(&body)).await
     }
 
-    /// Chatbot `kefustate/get`: is a human serving this user? (`None` when unknown.)
+    /// Chatbot `kefustate/get`: is a human serving this user?
     pub async fn chatbot_human_serving(&self, openid: &str) -> Result<bool, CallResult> {
         let Some(crypt) = &self.crypt else {
             return Ok(false);
@@ -214,6 +214,28 @@ impl Platform {
         match res {
             CallResult::Ok { .. } => Ok(v.get("kefustate").and_then(Value::as_str) == Some("on")),
             other => Err(other),
+        }
+    }
+
+    /// WeCom `service_state/get`: the session state (0 new, 1 bot, 2 queued, 3 human, 4 ended).
+    pub async fn wecom_service_state(
+        &self,
+        open_kfid: &str,
+        external_userid: &str,
+    ) -> Result<(i64, Option<String>), CallResult> {
+        let Some(tokens) = &self.tokens else {
+            return Ok((0, None));
+        };
+        let body = json!({ "open_kfid": open_kfid, "external_userid": external_userid });
+        match self.wecom_call(tokens, "kf/service_state/get", &body).await {
+            ((CallResult::Ok { .. }, _), v) => Ok((
+                v.get("service_state").and_then(Value::as_i64).unwrap_or(0),
+                v.get("servicer_userid")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            )),
+            ((other, _), _) => Err(other),
         }
     }
 

@@ -34,9 +34,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::broker::{self, DeadHeaders, Publisher};
 use crate::channel::Platform;
 use crate::config::{AccountConfig, Channel, Config};
-use crate::job::{self, Gate, Job, JobError};
+use crate::job::{self, Gate, Job, JobError, JobKind};
 use crate::policy::{self, Action};
-use crate::store::{Claim, DeadLetter, DeliveryKey, Status, Store};
+use crate::store::{Claim, ConvState, DeadLetter, DeliveryKey, Status, Store};
 use crate::telemetry as t;
 
 /// How often a claim that collided with a concurrent one is retried before giving the
@@ -58,6 +58,8 @@ pub struct LaneCtx {
     pub pause: PauseGate,
     /// Conversations with jobs parked in a delay tier (see [`Parked`]).
     pub parked: Parked,
+    /// Human-takeover state per conversation (see [`Gates`]).
+    pub gates: Gates,
 }
 
 impl LaneCtx {
@@ -82,6 +84,7 @@ impl LaneCtx {
             limiter,
             pause,
             parked: Parked::default(),
+            gates: Gates::default(),
         }
     }
 }
@@ -310,7 +313,14 @@ pub async fn run(
         });
     };
 
+    // Database health: while Postgres is unreachable the lane takes no new deliveries (the
+    // jobs it holds wait inside the store for the database to come back).
+    let mut db = ctx.store.health();
+    // Whether this process has received a delivery since it (re)registered its consumer, i.e.
+    // is the lane's active consumer. See [`on_activation`].
+    let mut active = false;
     loop {
+        let db_up = *db.borrow_and_update();
         tokio::select! {
             biased;
             Some(key) = done_rx.recv() => {
@@ -321,7 +331,15 @@ pub async fn run(
                 }
             }
             _ = shutdown.cancelled() => break,
-            d = consumer.next() => match d {
+            Ok(()) = db.changed() => {
+                if *db.borrow() {
+                    info!(account = %ctx.account.name, "database back; lane takes new jobs again");
+                } else {
+                    warn!(account = %ctx.account.name, "database unreachable; lane stops taking new jobs");
+                }
+            }
+            _ = ctx.store.probe_until_up(), if !db_up => {}
+            d = consumer.next(), if db_up => match d {
                 None => break,
                 Some(Err(e)) => {
                     warn!(account = %ctx.account.name, error = %e, "lane consumer error; waiting for recovery");
@@ -329,8 +347,15 @@ pub async fn run(
                         metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
                         return Err(anyhow::anyhow!("lane {}: {e}", ctx.account.name));
                     }
+                    info!(account = %ctx.account.name, "lane consumer recovered");
+                    // After a broker restart another process may hold the lane now.
+                    active = false;
                 }
                 Some(Ok(delivery)) => {
+                    if !active {
+                        active = true;
+                        on_activation(&ctx);
+                    }
                     metrics::counter!(t::JOBS_CONSUMED, "account" => ctx.account.name.clone()).increment(1);
                     let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
                     let p = Pending { delivery, job };
@@ -473,23 +498,29 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32) -> Outcome {
     let mut attempts = 0i32;
     let mut first_attempt = chrono::Utc::now();
     let mut claimed = false;
+    let mut conv = None;
     for _ in 0..CLAIM_BUSY_RETRIES {
         match ctx.store.claim(key.clone()).await {
-            Ok(Claim::New) => {
+            Ok((Claim::New, c)) => {
+                conv = c;
                 claimed = true;
                 break;
             }
-            Ok(Claim::Resume {
-                attempts: a,
-                first_attempt_at,
-            }) => {
+            Ok((
+                Claim::Resume {
+                    attempts: a,
+                    first_attempt_at,
+                },
+                c,
+            )) => {
                 attempts = a;
                 first_attempt = first_attempt_at.unwrap_or(first_attempt);
+                conv = c;
                 claimed = true;
                 break;
             }
-            Ok(Claim::Done(s)) => return Outcome::Duplicate(s),
-            Ok(Claim::Busy) => tokio::time::sleep(CLAIM_BUSY_WAIT).await,
+            Ok((Claim::Done(s), _)) => return Outcome::Duplicate(s),
+            Ok((Claim::Busy, _)) => tokio::time::sleep(CLAIM_BUSY_WAIT).await,
             Err(e) => {
                 return Outcome::Requeue {
                     why: format!("claim failed: {e:#}"),
@@ -502,10 +533,185 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32) -> Outcome {
             why: "job id is being claimed concurrently".into(),
         };
     }
+    if let Some(o) = check_conversation(ctx, job, attempts, conv.as_ref()).await {
+        return o;
+    }
     let budget_left = chrono::Duration::seconds(ctx.cfg.retry.total_budget_secs as i64)
         - (chrono::Utc::now() - first_attempt);
     send_with_retries(ctx, job, attempts, parks, budget_left).await
 }
+
+/// WeCom allows replies only within 48 hours of the customer's last message…
+pub const WECOM_WINDOW: chrono::Duration = chrono::Duration::hours(48);
+/// …and at most 5 of them in that window.
+pub const WECOM_WINDOW_QUOTA: i32 = 5;
+
+/// Before asking the platform: is a human serving the conversation (bot replies are
+/// suppressed), and does the WeCom allowance still permit a message? A job the platform would
+/// refuse anyway ends here, saving the customer's allowance for messages that can succeed.
+async fn check_conversation(
+    ctx: &LaneCtx,
+    job: &Job,
+    attempts: i32,
+    conv: Option<&ConvState>,
+) -> Option<Outcome> {
+    if !matches!(job.kind, JobKind::Send) {
+        return None;
+    }
+    if expired(job) {
+        return Some(Outcome::Expired { attempts });
+    }
+    if job.gate == Gate::Bot && ctx.gates.human_serving(ctx, job, conv).await {
+        return Some(Outcome::Suppressed { attempts });
+    }
+    if ctx.account.channel == Channel::Wecom
+        && let Some(c) = conv
+        && let Some(last) = c.last_customer_msg_at
+    {
+        let age = chrono::Utc::now() - last;
+        if age > WECOM_WINDOW {
+            return Some(Outcome::Dead {
+                reason: "window_closed".into(),
+                errcode: None,
+                errmsg: Some(format!(
+                    "the customer's last message is {} h old (WeCom allows replies within 48 h)",
+                    age.num_hours()
+                )),
+                attempts,
+            });
+        }
+        if c.sent_since_customer >= WECOM_WINDOW_QUOTA {
+            return Some(Outcome::Dead {
+                reason: "quota_exhausted".into(),
+                errcode: None,
+                errmsg: Some(format!(
+                    "{} messages already sent since the customer's last message (WeCom allows 5)",
+                    c.sent_since_customer
+                )),
+                attempts,
+            });
+        }
+    }
+    None
+}
+
+/// Who serves a conversation, cached for `worker.gate_cache_secs`.
+#[derive(Default)]
+pub struct Gates {
+    cache: std::sync::Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl Gates {
+    fn cached(&self, conv: &str, ttl: Duration) -> Option<bool> {
+        let m = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(conv)
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, human)| *human)
+    }
+
+    fn remember(&self, conv: &str, human: bool) {
+        let mut m = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: forget stale entries when the map grows.
+        if m.len() > GATE_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(conv.to_owned(), (Instant::now(), human));
+    }
+
+    /// Whether a human serves `job`'s conversation. When the platform cannot tell us, the job
+    /// goes ahead: WeCom refuses a send to a human-served session itself (95018, which gates).
+    async fn human_serving(&self, ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) -> bool {
+        let ttl = Duration::from_secs(ctx.cfg.worker.gate_cache_secs);
+        let key = conversation_of(job);
+        if let Some(h) = self.cached(&key, ttl) {
+            return h;
+        }
+        let human = match ctx.account.channel {
+            Channel::Wecom => {
+                // A state reported recently (a session_status_change event or an earlier query).
+                let fresh = conv.and_then(|c| {
+                    let at = c.state_updated_at?;
+                    let state = c.service_state?;
+                    ((chrono::Utc::now() - at).to_std().unwrap_or_default() < ttl).then_some(state)
+                });
+                let state = match fresh {
+                    Some(s) => Some(s),
+                    None => {
+                        let kfid = job.open_kfid.as_deref().unwrap_or("");
+                        match ctx.platform.wecom_service_state(kfid, &job.to).await {
+                            Ok((s, _)) => {
+                                let s = i32::try_from(s).unwrap_or(0);
+                                if let Err(e) = ctx
+                                    .store
+                                    .set_service_state(&ctx.account.name, kfid, &job.to, s)
+                                    .await
+                                {
+                                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
+                                }
+                                Some(s)
+                            }
+                            Err(res) => {
+                                tracing::debug!(account = %ctx.account.name, result = ?res, "service_state/get failed; sending ungated");
+                                None
+                            }
+                        }
+                    }
+                };
+                matches!(state, Some(2 | 3))
+            }
+            Channel::Chatbot => match ctx.platform.chatbot_human_serving(&job.to).await {
+                Ok(h) => h,
+                Err(res) => {
+                    tracing::debug!(account = %ctx.account.name, result = ?res, "kefustate/get failed; sending ungated");
+                    false
+                }
+            },
+        };
+        self.remember(&key, human);
+        human
+    }
+
+    /// A transfer job succeeded: the conversation's server is known without asking.
+    async fn transferred(&self, ctx: &LaneCtx, job: &Job, tr: &job::Transfer) {
+        let conv = conversation_of(job);
+        match (
+            ctx.account.channel,
+            tr.service_state,
+            tr.kefustate.as_deref(),
+        ) {
+            (Channel::Wecom, Some(state), _) => {
+                self.remember(&conv, matches!(state, 2 | 3));
+                let kfid = job.open_kfid.as_deref().unwrap_or("");
+                let state = i32::try_from(state).unwrap_or(0);
+                if let Err(e) = ctx
+                    .store
+                    .set_service_state(&ctx.account.name, kfid, &job.to, state)
+                    .await
+                {
+                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
+                }
+            }
+            (Channel::Chatbot, _, Some(k)) => self.remember(&conv, k == "on"),
+            _ => {}
+        }
+    }
+
+    /// The platform said a human serves this conversation (WeCom 95018).
+    async fn human_took_over(&self, ctx: &LaneCtx, job: &Job) {
+        self.remember(&conversation_of(job), true);
+        if let Some(kfid) = job.open_kfid.as_deref()
+            && let Err(e) = ctx
+                .store
+                .set_service_state(&ctx.account.name, kfid, &job.to, 3)
+                .await
+        {
+            warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
+        }
+    }
+}
+
+/// Conversations whose gate state is cached per lane; beyond this the cache starts over.
+const GATE_CACHE_MAX: usize = 100_000;
 
 fn expired(job: &Job) -> bool {
     job.not_after.is_some_and(|t| chrono::Utc::now() > t)
@@ -571,6 +777,9 @@ async fn send_with_retries(
                     policy::CallResult::Ok { msgid } => msgid,
                     _ => None,
                 };
+                if let JobKind::Transfer(tr) = &job.kind {
+                    ctx.gates.transferred(ctx, job, tr).await;
+                }
                 return Outcome::Sent { attempts, msgid };
             }
             Action::DeadLetter { reason, alert } => {
@@ -585,6 +794,7 @@ async fn send_with_retries(
                 };
             }
             Action::HumanServing => {
+                ctx.gates.human_took_over(ctx, job).await;
                 return if job.gate == Gate::Bot {
                     Outcome::Suppressed { attempts }
                 } else {
@@ -838,6 +1048,23 @@ async fn finish(
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         // The channel died after the record: the broker redelivers and the claim dedupes.
         warn!(account = %name, error = %e, "ack failed after the outcome was recorded");
+    }
+}
+
+/// The first delivery after this process's consumer (re)registered: the process has just become
+/// the lane's single active consumer, possibly taking over from one that was sending at the
+/// full rate until a moment ago. Its rate limiter starts *empty* rather than with a full
+/// burst, so the two processes together still respect the account's rate in every window
+/// (the new one continues where the old one may have left off).
+fn on_activation(ctx: &LaneCtx) {
+    info!(account = %ctx.account.name, "lane active in this process");
+    if let Some(l) = &ctx.limiter {
+        // Take every cell that is available now (at most one burst).
+        for _ in 0..=ctx.account.rate.burst() {
+            if l.check().is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -6,6 +6,16 @@
 //! queued up (up to `database.batch_max`) into one `UNNEST` statement. Under load a batch
 //! holds hundreds of rows, so the database is not the bottleneck; when idle a batch is one
 //! row and adds no latency.
+//!
+//! **Database outages.** A batch that fails because the database cannot be reached (connection
+//! refused or reset, server shutting down or starting up, pool timeout) is not failed back to
+//! its callers: the writer keeps retrying the same batch with capped backoff for up to
+//! [`OUTAGE_WAIT`], so a Postgres restart shows up as a pause, not as errors — nothing is
+//! acked that was not recorded, nothing is nacked and redelivered out of order, and a job the
+//! platform accepted is recorded once the database is back instead of being sent again.
+//! Both statements are idempotent, so retrying one whose commit was lost is harmless. While
+//! a write is failing this way the store reports itself unhealthy ([`Store::health`]); the
+//! lanes stop taking new jobs until [`Store::probe_until_up`] sees the database again.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,7 +25,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
 
 use crate::config::Config;
 
@@ -93,6 +104,17 @@ pub enum Claim {
     Busy,
 }
 
+/// What Postgres knows of a WeCom conversation (rows written by the sync loop), read with
+/// the claim so the lane can gate and apply the 48-hour / 5-message window without another
+/// round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConvState {
+    pub last_customer_msg_at: Option<DateTime<Utc>>,
+    pub sent_since_customer: i32,
+    pub service_state: Option<i32>,
+    pub state_updated_at: Option<DateTime<Utc>>,
+}
+
 /// The outcome row written before the ack.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -130,12 +152,97 @@ pub struct BatchStats {
     pub rows: AtomicU64,
 }
 
+/// How long a write waits for an unreachable database before failing to its caller. The
+/// message behind it stays unacked meanwhile, so this must stay well below the broker's
+/// consumer timeout (30 min); 5 minutes covers restarts, failovers and short network splits.
+pub const OUTAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// First and largest pause between two attempts of a write during an outage.
+const OUTAGE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const OUTAGE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// `/readyz` and the outage probe must answer quickly even when the pool cannot connect (its
+/// acquire timeout is 10 s; a readiness probe times out after 1 s by default).
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often an unhealthy store pings the database to find out it is back.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether the database answered the last write or probe. Shared by all clones of a
+/// [`Store`]; transitions are logged once.
+#[derive(Debug)]
+struct Health {
+    up: watch::Sender<bool>,
+}
+
+impl Health {
+    fn set(&self, up: bool, why: &str) {
+        let changed = self.up.send_if_modified(|cur| {
+            let changed = *cur != up;
+            *cur = up;
+            changed
+        });
+        if changed && up {
+            info!("database reachable again; lanes take new jobs");
+        } else if changed {
+            warn!(
+                error = why,
+                "database unreachable; lanes stop taking new jobs, writes wait for it"
+            );
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    claims: Batcher<DeliveryKey, Claim>,
+    claims: Batcher<DeliveryKey, (Claim, Option<ConvState>)>,
     outcomes: Batcher<Outcome, ()>,
+    health: Arc<Health>,
     pub stats: Arc<BatchStats>,
+}
+
+/// True when `e` means "the database cannot be reached right now" (as opposed to a statement
+/// the database refused): worth waiting for.
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    let Some(e) = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()) else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // 08: connection exception; 57P01-03: admin/crash shutdown, starting up;
+            // 53300: too many connections.
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Run `op` until it succeeds, fails for a reason other than an unreachable database, or the
+/// database has been unreachable for [`OUTAGE_WAIT`]. Updates `health` either way.
+async fn while_unavailable<T, F, Fut>(health: &Health, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause = OUTAGE_BACKOFF_MIN;
+    loop {
+        match op().await {
+            Ok(v) => {
+                health.set(true, "");
+                return Ok(v);
+            }
+            Err(e) if is_unavailable(&e) && started.elapsed() < OUTAGE_WAIT => {
+                health.set(false, &format!("{e:#}"));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(OUTAGE_BACKOFF_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -234,33 +341,53 @@ impl Store {
 
     pub fn with_pool(pool: PgPool, batch_max: usize) -> Self {
         let stats = Arc::new(BatchStats::default());
-        let p = pool.clone();
-        let s = stats.clone();
+        let health = Arc::new(Health {
+            up: watch::Sender::new(true),
+        });
+        let (p, s, h) = (pool.clone(), stats.clone(), health.clone());
         let claims = Batcher::spawn(batch_max, move |batch| {
-            let p = p.clone();
-            let s = s.clone();
+            let (p, s, h) = (p.clone(), s.clone(), h.clone());
             async move {
                 s.batches.fetch_add(1, Ordering::Relaxed);
                 s.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                claim_batch(&p, batch).await
+                while_unavailable(&h, || claim_batch(&p, &batch)).await
             }
         });
-        let p = pool.clone();
-        let s = stats.clone();
+        let (p, s, h) = (pool.clone(), stats.clone(), health.clone());
         let outcomes = Batcher::spawn(batch_max, move |batch| {
-            let p = p.clone();
-            let s = s.clone();
+            let (p, s, h) = (p.clone(), s.clone(), h.clone());
             async move {
                 s.batches.fetch_add(1, Ordering::Relaxed);
                 s.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                outcome_batch(&p, batch).await
+                while_unavailable(&h, || outcome_batch(&p, &batch)).await
             }
         });
         Self {
             pool,
             claims,
             outcomes,
+            health,
             stats,
+        }
+    }
+
+    /// `true` while the database answers; changes when a write or probe finds otherwise.
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.health.up.subscribe()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        *self.health.up.borrow()
+    }
+
+    /// Ping every [`PROBE_INTERVAL`] until the database answers (returns at once when it is
+    /// believed up).
+    pub async fn probe_until_up(&self) {
+        while !self.is_healthy() {
+            if self.ping().await {
+                return;
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
 
@@ -269,8 +396,31 @@ impl Store {
     }
 
     /// Claim a job before asking the platform.
-    pub async fn claim(&self, key: DeliveryKey) -> anyhow::Result<Claim> {
+    pub async fn claim(&self, key: DeliveryKey) -> anyhow::Result<(Claim, Option<ConvState>)> {
         self.claims.call(key).await
+    }
+
+    /// Remember a conversation's service state (from `service_state/get` or a 95018).
+    pub async fn set_service_state(
+        &self,
+        account: &str,
+        open_kfid: &str,
+        external_userid: &str,
+        state: i32,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO conversations (account, open_kfid, external_userid, service_state, state_updated_at)
+             VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (account, open_kfid, external_userid)
+             DO UPDATE SET service_state = excluded.service_state, state_updated_at = now()",
+        )
+        .bind(account)
+        .bind(open_kfid)
+        .bind(external_userid)
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Record an outcome; returns once it is committed.
@@ -278,7 +428,12 @@ impl Store {
         self.outcomes.call(outcome).await
     }
 
+    /// Remember a dead letter (waits out a database outage like the batched writes).
     pub async fn record_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
+        while_unavailable(&self.health, || self.insert_dead_letter(d)).await
+    }
+
+    async fn insert_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO dead_letters (job_id, account, reason, errcode, errmsg, attempts, body)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -296,8 +451,14 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the database answers within [`PING_TIMEOUT`]; updates [`Store::health`].
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        let ok = matches!(
+            tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await,
+            Ok(Ok(_))
+        );
+        self.health.set(ok, "ping failed");
+        ok
     }
 
     // ---- access tokens ----
@@ -418,7 +579,10 @@ impl Store {
     }
 }
 
-async fn claim_batch(pool: &PgPool, batch: Vec<DeliveryKey>) -> anyhow::Result<Vec<Claim>> {
+async fn claim_batch(
+    pool: &PgPool,
+    batch: &[DeliveryKey],
+) -> anyhow::Result<Vec<(Claim, Option<ConvState>)>> {
     // The same job id twice in one statement cannot be told apart: the later ones wait.
     let mut seen = std::collections::HashSet::with_capacity(batch.len());
     let first: Vec<bool> = batch
@@ -458,10 +622,19 @@ async fn claim_batch(pool: &PgPool, batch: Vec<DeliveryKey>) -> anyhow::Result<V
              ON CONFLICT (job_id) DO NOTHING
              RETURNING job_id
          )
-         SELECT job_id, 'new' AS status, 0 AS attempts, NULL::timestamptz AS first_attempt_at FROM ins
-         UNION ALL
-         SELECT d.job_id, d.status, d.attempts, d.first_attempt_at
-         FROM deliveries d JOIN input i ON i.job_id = d.job_id",
+         , res AS (
+             SELECT job_id, 'new' AS status, 0 AS attempts, NULL::timestamptz AS first_attempt_at FROM ins
+             UNION ALL
+             SELECT d.job_id, d.status, d.attempts, d.first_attempt_at
+             FROM deliveries d JOIN input i ON i.job_id = d.job_id
+         )
+         SELECT r.job_id, r.status, r.attempts, r.first_attempt_at,
+                c.account IS NOT NULL AS has_conv, c.last_customer_msg_at, c.sent_since_customer,
+                c.service_state, c.state_updated_at
+         FROM res r
+         JOIN input i ON i.job_id = r.job_id
+         LEFT JOIN conversations c
+             ON c.account = i.account AND c.open_kfid = i.open_kfid AND c.external_userid = i.recipient",
     )
     .bind(&ids)
     .bind(&accounts)
@@ -488,22 +661,28 @@ async fn claim_batch(pool: &PgPool, batch: Vec<DeliveryKey>) -> anyhow::Result<V
                 },
             }
         };
-        found.insert(id, claim);
+        let conv = r.get::<bool, _>("has_conv").then(|| ConvState {
+            last_customer_msg_at: r.get("last_customer_msg_at"),
+            sent_since_customer: r.get("sent_since_customer"),
+            service_state: r.get("service_state"),
+            state_updated_at: r.get("state_updated_at"),
+        });
+        found.insert(id, (claim, conv));
     }
     Ok(batch
         .iter()
         .zip(first)
         .map(|(k, f)| {
             if !f {
-                return Claim::Busy;
+                return (Claim::Busy, None);
             }
             // Missing: a concurrent transaction inserted it after our snapshot; ask again.
-            found.get(&k.job_id).cloned().unwrap_or(Claim::Busy)
+            found.get(&k.job_id).cloned().unwrap_or((Claim::Busy, None))
         })
         .collect())
 }
 
-async fn outcome_batch(pool: &PgPool, batch: Vec<Outcome>) -> anyhow::Result<Vec<()>> {
+async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<()>> {
     // One row per job id per statement (ON CONFLICT DO UPDATE cannot touch a row twice): the
     // last outcome in the batch wins.
     let n = batch.len();
@@ -568,6 +747,15 @@ async fn outcome_batch(pool: &PgPool, batch: Vec<Outcome>) -> anyhow::Result<Vec
                  updated_at = now()
              WHERE d.status NOT IN ('sent', 'failed')
              RETURNING d.job_id
+         ), ledger AS (
+             -- the WeCom allowance: messages sent since the customer's last message
+             UPDATE conversations c SET sent_since_customer = c.sent_since_customer + x.n
+             FROM (SELECT i.account, i.open_kfid, i.recipient, count(*) AS n
+                   FROM input i JOIN up USING (job_id)
+                   WHERE i.status = 'sent' AND i.channel = 'wecom' AND i.kind = 'send'
+                   GROUP BY 1, 2, 3) x
+             WHERE c.account = x.account AND c.open_kfid = x.open_kfid AND c.external_userid = x.recipient
+             RETURNING 1
          )
          INSERT INTO delivery_events (job_id, status, attempts, errcode, error)
          SELECT i.job_id, i.status, i.attempts, i.errcode, i.error FROM input i JOIN up USING (job_id)",

@@ -291,7 +291,9 @@ async fn unknown_account_is_dead_lettered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errcodes_dead_letter_and_transient_ones_retry() {
-    let env = Env::new(accounts, SimOptions::default()).await;
+    let mut env = Env::new(accounts, SimOptions::default()).await;
+    // no time left for delay tiers (tests/it/retry.rs covers those): exhaustion is final
+    env.cfg.retry.total_budget_secs = 0;
     let worker = env.start_worker().await;
     let sim = env.sim();
     // Permanent: each job gets one scripted errcode.
