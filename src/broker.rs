@@ -35,13 +35,28 @@ pub const H_ERRMSG: &str = "x-wxdispatch-errmsg";
 pub const H_ACCOUNT: &str = "x-wxdispatch-account";
 pub const H_ATTEMPTS: &str = "x-wxdispatch-attempts";
 
+/// Reconnection schedule after the broker went away: first retry soon (a restart takes a few
+/// seconds), then every [`RECONNECT_MAX_DELAY`], for about [`RECONNECT_ATTEMPTS`] ×
+/// that long (≈ 5 minutes) before the worker gives up and exits non-zero for its supervisor
+/// to restart it. lapin's default (from 1 s, doubling to 60 s) could leave a lane idle for a
+/// minute after a short broker restart.
+const RECONNECT_MIN_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+const RECONNECT_ATTEMPTS: usize = 60;
+
 /// Connect with lapin's own auto-recovery: on a broker restart the connection, channels,
 /// QoS, consumers and confirm mode are re-established; deliveries held at the time are
 /// redelivered by the broker and deduplicated by the claim in Postgres.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(name.into())
-        .enable_auto_recover();
+        .enable_auto_recover()
+        .configure_backoff(|b| {
+            b.with_min_delay(RECONNECT_MIN_DELAY)
+                .with_max_delay(RECONNECT_MAX_DELAY)
+                .with_max_times(RECONNECT_ATTEMPTS)
+                .with_jitter()
+        });
     Connection::connect(url, props).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to RabbitMQ at {}: {e}",
@@ -196,6 +211,8 @@ pub async fn declare_topology(conn: &Connection, cfg: &Config) -> anyhow::Result
 async fn declare_lane(ch: &Channel, cfg: &Config, a: &AccountConfig) -> anyhow::Result<()> {
     let q = a.queue();
     queue(ch, &q, lane_args(cfg)).await?;
+    // The broadcast fan-out queue: same guarantees as the lane, consumed by the same process.
+    queue(ch, &crate::broadcast::bulk_queue(&a.name), lane_args(cfg)).await?;
     bind(ch, &q, EXCHANGE, &a.name).await
 }
 
@@ -270,6 +287,19 @@ impl Publisher {
             .with_message_id(job_id.into())
             .with_timestamp(chrono::Utc::now().timestamp_millis().max(0) as u64 / 1000);
         self.publish(EXCHANGE, account, body, props).await
+    }
+
+    /// Publish a job straight to a queue (the default exchange), e.g. a broadcast's bulk queue.
+    pub async fn publish_to_queue(
+        &self,
+        queue: &str,
+        job_id: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(job_id.into());
+        self.publish("", queue, &body, props).await
     }
 
     /// Dead-letter a message body with the contract's headers.

@@ -152,6 +152,9 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     /// How long a conversation's human-takeover state is trusted before asking again.
     pub gate_cache_secs: u64,
+    /// Share of an account's rate that broadcast jobs may use (0 < share ≤ 1): the rest stays
+    /// free for ordinary replies, so they keep their latency while a broadcast runs.
+    pub broadcast_share: f64,
 }
 
 impl Default for WorkerConfig {
@@ -163,6 +166,7 @@ impl Default for WorkerConfig {
             connect_timeout_ms: 3_000,
             max_body_bytes: 4 * 1024 * 1024,
             gate_cache_secs: 30,
+            broadcast_share: 0.8,
         }
     }
 }
@@ -455,6 +459,9 @@ impl Config {
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
             bail!("http.listen: '{}' is not host:port", self.http.listen);
+        }
+        if !(self.worker.broadcast_share > 0.0 && self.worker.broadcast_share <= 1.0) {
+            bail!("worker.broadcast_share: must be > 0 and <= 1");
         }
         if self.worker.concurrency == 0 {
             bail!("worker.concurrency: must be at least 1");

@@ -46,6 +46,11 @@ const CLAIM_BUSY_WAIT: Duration = Duration::from_millis(20);
 /// Before a message is handed back to the broker (database unreachable), wait this long so
 /// a persistent outage does not become a hot redelivery loop.
 const REQUEUE_DELAY: Duration = Duration::from_millis(500);
+/// Prefetch of the bulk (broadcast) queue: enough to keep the broadcast share busy, small
+/// enough that broadcast recipients never hold the lane's concurrency.
+const BULK_PREFETCH: u16 = 64;
+/// How often the lane's owner writes broadcast progress into `broadcasts`.
+const BROADCAST_REFRESH: Duration = Duration::from_secs(2);
 
 /// Everything a lane needs; shared by its tasks.
 pub struct LaneCtx {
@@ -55,6 +60,8 @@ pub struct LaneCtx {
     pub store: Store,
     pub publisher: Publisher,
     pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Broadcast jobs also draw from this one: `worker.broadcast_share` of the rate.
+    pub bulk_limiter: Option<DefaultDirectRateLimiter>,
     pub pause: PauseGate,
     /// Conversations with jobs parked in a delay tier (see [`Parked`]).
     pub parked: Parked,
@@ -74,6 +81,15 @@ impl LaneCtx {
             let burst = NonZeroU32::new(account.rate.burst()).unwrap_or(NonZeroU32::MIN);
             Quota::with_period(p).map(|q| RateLimiter::direct(q.allow_burst(burst)))
         });
+        let share = cfg.worker.broadcast_share.clamp(0.01, 1.0);
+        let bulk_limiter = account.rate.period().and_then(|p| {
+            let burst = ((f64::from(account.rate.burst()) * share) as u32).max(1);
+            Quota::with_period(p.div_f64(share)).map(|q| {
+                RateLimiter::direct(
+                    q.allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN)),
+                )
+            })
+        });
         let pause = PauseGate::new(&account.name, &cfg);
         Self {
             account,
@@ -82,6 +98,7 @@ impl LaneCtx {
             store,
             publisher,
             limiter,
+            bulk_limiter,
             pause,
             parked: Parked::default(),
             gates: Gates::default(),
@@ -121,6 +138,11 @@ pub enum Outcome {
         errcode: Option<i64>,
         error: String,
     },
+    /// A broadcast was fanned out into this many recipients' jobs (its record is the
+    /// `broadcasts` row).
+    FannedOut {
+        recipients: usize,
+    },
     /// Give the message back to the broker (the database could not be reached).
     Requeue {
         why: String,
@@ -131,6 +153,8 @@ pub enum Outcome {
 struct Pending {
     delivery: Delivery,
     job: Result<Job, JobError>,
+    /// From the bulk queue (a broadcast's recipient): rate-limited to the broadcast share.
+    bulk: bool,
 }
 
 /// Conversation key: jobs with the same key are processed strictly in order.
@@ -292,6 +316,40 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
+    // Broadcast recipients: a second queue, its own channel and a smaller prefetch, so the
+    // lane's prefetch stays available to ordinary replies.
+    let bulk_ch = conn.create_channel().await?;
+    bulk_ch
+        .basic_qos(
+            ctx.cfg.broker.prefetch.min(BULK_PREFETCH),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let bulk_tag = format!("{tag}-bulk");
+    let mut bulk = bulk_ch
+        .basic_consume(
+            crate::broadcast::bulk_queue(&ctx.account.name)
+                .as_str()
+                .into(),
+            bulk_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let refresher = {
+        let ctx = ctx.clone();
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BROADCAST_REFRESH);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = sd.cancelled() => break }
+                if let Err(e) = crate::broadcast::refresh(ctx.store.pool(), &ctx.account.name).await
+                {
+                    tracing::debug!(account = %ctx.account.name, error = %format!("{e:#}"), "broadcast progress not refreshed");
+                }
+            }
+        })
+    };
     info!(account = %ctx.account.name, %queue, "lane consuming (active once the broker picks this consumer)");
     metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(1.0);
 
@@ -358,7 +416,7 @@ pub async fn run(
                     }
                     metrics::counter!(t::JOBS_CONSUMED, "account" => ctx.account.name.clone()).increment(1);
                     let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
-                    let p = Pending { delivery, job };
+                    let p = Pending { delivery, job, bulk: false };
                     let key = conversation_key(&p);
                     match busy.get_mut(&key) {
                         Some(q) => q.push_back(p),
@@ -368,11 +426,38 @@ pub async fn run(
                         }
                     }
                 }
-            }
+            },
+            // Broadcast recipients, after ordinary replies (biased select).
+            d = bulk.next(), if db_up => match d {
+                None => break,
+                Some(Err(e)) => {
+                    warn!(account = %ctx.account.name, error = %e, "bulk consumer error; waiting for recovery");
+                    if let Err(e) = bulk_ch.wait_for_recovery(e).await {
+                        return Err(anyhow::anyhow!("lane {} (bulk): {e}", ctx.account.name));
+                    }
+                }
+                Some(Ok(delivery)) => {
+                    metrics::counter!(t::JOBS_CONSUMED, "account" => ctx.account.name.clone()).increment(1);
+                    let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
+                    let p = Pending { delivery, job, bulk: true };
+                    let key = conversation_key(&p);
+                    match busy.get_mut(&key) {
+                        Some(q) => q.push_back(p),
+                        None => {
+                            busy.insert(key.clone(), VecDeque::new());
+                            spawn(key, p);
+                        }
+                    }
+                }
+            },
         }
     }
 
     // Graceful stop: no new deliveries; finish what runs; queued ones go back to the broker.
+    refresher.abort();
+    let _ = bulk_ch
+        .basic_cancel(bulk_tag.as_str().into(), BasicCancelOptions::default())
+        .await;
     let _ = ch
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await;
@@ -394,6 +479,7 @@ pub async fn run(
         warn!(account = %ctx.account.name, "grace period over; releasing unfinished jobs to the broker");
     }
     let _ = ch.close(200, "shutdown".into()).await;
+    let _ = bulk_ch.close(200, "shutdown".into()).await;
     metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
     info!(account = %ctx.account.name, "lane stopped");
     Ok(())
@@ -427,7 +513,18 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
         let ctx = ctx.clone();
         let job = job.clone();
         let parks = parks_of(&p.delivery.properties);
-        tokio::spawn(async move { process(&ctx, &job, parks).await }.instrument(span.clone()))
+        let bulk = p.bulk;
+        let broadcast_body =
+            matches!(job.kind, JobKind::Broadcast { .. }).then(|| p.delivery.data.clone());
+        tokio::spawn(
+            async move {
+                match broadcast_body {
+                    Some(body) => fan_out(&ctx, &job, &body).await,
+                    None => process(&ctx, &job, parks, bulk).await,
+                }
+            }
+            .instrument(span.clone()),
+        )
     };
     let outcome = match inner.await {
         Ok(o) => o,
@@ -482,7 +579,21 @@ fn delivery_key(account: &AccountConfig, job: &Job) -> DeliveryKey {
 }
 
 /// Decide a job's outcome: claim, then send with retries. Pure of acks and broker state.
-pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32) -> Outcome {
+/// Fan a broadcast job out into its recipients' jobs (see [`crate::broadcast`]).
+async fn fan_out(ctx: &LaneCtx, job: &Job, body: &[u8]) -> Outcome {
+    match crate::broadcast::fan_out(&ctx.store, &ctx.publisher, &ctx.account, job, body).await {
+        Ok(n) => {
+            metrics::counter!(t::BROADCAST_RECIPIENTS, "account" => ctx.account.name.clone())
+                .increment(n as u64);
+            Outcome::FannedOut { recipients: n }
+        }
+        Err(e) => Outcome::Requeue {
+            why: format!("broadcast fan-out failed: {e:#}"),
+        },
+    }
+}
+
+pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32, bulk: bool) -> Outcome {
     // A conversation with an earlier job parked in a delay tier: this one parks behind it.
     if let Some(tier_secs) = ctx.parked.blocking_tier(&conversation_of(job), &job.job_id) {
         return Outcome::Park {
@@ -538,7 +649,7 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32) -> Outcome {
     }
     let budget_left = chrono::Duration::seconds(ctx.cfg.retry.total_budget_secs as i64)
         - (chrono::Utc::now() - first_attempt);
-    send_with_retries(ctx, job, attempts, parks, budget_left).await
+    send_with_retries(ctx, job, attempts, parks, budget_left, bulk).await
 }
 
 /// WeCom allows replies only within 48 hours of the customer's last message…
@@ -723,6 +834,7 @@ async fn send_with_retries(
     mut attempts: i32,
     parks: u32,
     budget_left: chrono::Duration,
+    bulk: bool,
 ) -> Outcome {
     let name = &ctx.account.name;
     let r = &ctx.cfg.retry;
@@ -744,6 +856,9 @@ async fn send_with_retries(
         }
         if let Some(l) = &ctx.limiter {
             let t0 = Instant::now();
+            if bulk && let Some(b) = &ctx.bulk_limiter {
+                b.until_ready().await;
+            }
             l.until_ready().await;
             metrics::histogram!(t::RATE_WAIT, "account" => name.clone())
                 .record(t0.elapsed().as_secs_f64());
@@ -951,6 +1066,13 @@ async fn finish(
                 _ => reason.clone(),
             };
             job_id.map(|_| status_row(Status::Dead, *attempts, *errcode, Some(error), None))
+        }
+        Outcome::FannedOut { recipients } => {
+            tracing::debug!(account = %name, job.id = job_id.unwrap_or("-"), recipients, "broadcast fanned out");
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                warn!(account = %name, error = %e, "ack failed after the fan-out (a redelivery is a no-op)");
+            }
+            return;
         }
         Outcome::Duplicate(s) => {
             metrics::counter!(t::DUPLICATES, "account" => name.clone()).increment(1);

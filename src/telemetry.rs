@@ -22,6 +22,12 @@ pub const DUPLICATES: &str = "wxdispatch_duplicate_jobs_total";
 pub const INFLIGHT: &str = "wxdispatch_jobs_in_flight";
 pub const DB_BATCH_ROWS: &str = "wxdispatch_db_batch_rows";
 pub const LANE_CONSUMERS: &str = "wxdispatch_lane_consumer_active";
+pub const BROADCAST_PENDING: &str = "wxdispatch_broadcast_pending";
+pub const BROADCAST_RECIPIENTS: &str = "wxdispatch_broadcast_recipients_total";
+pub const INBOUND_MESSAGES: &str = "wxdispatch_inbound_messages_total";
+pub const SYNC_LAG: &str = "wxdispatch_sync_lag_seconds";
+pub const SEND_FAILURES: &str = "wxdispatch_send_failures_total";
+pub const SYNC_PAGES: &str = "wxdispatch_sync_pages_total";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -78,6 +84,27 @@ fn describe() {
     describe_gauge!(
         LANE_CONSUMERS,
         "1 while this process consumes the account lane"
+    );
+    describe_gauge!(
+        BROADCAST_PENDING,
+        "Recipients of running broadcasts not yet finished"
+    );
+    describe_counter!(BROADCAST_RECIPIENTS, "Broadcast recipients fanned out");
+    describe_counter!(
+        INBOUND_MESSAGES,
+        "Inbound messages and events stored (once each), by msgtype (kind)"
+    );
+    describe_gauge!(
+        SYNC_LAG,
+        "now - send_time of the newest message of the last sync_msg page (0 when caught up); the largest over the account's open_kfids"
+    );
+    describe_counter!(
+        SEND_FAILURES,
+        "Sent deliveries turned failed by a WeCom msg_send_fail event"
+    );
+    describe_counter!(
+        SYNC_PAGES,
+        "sync_msg pages requested, by outcome (ok, empty, failed)"
     );
 }
 
