@@ -39,6 +39,9 @@ pub enum Command {
     Send(SendArgs),
     /// Show a delivery and its history.
     Status { job_id: String },
+    /// Publish a broadcast (recipients from a file) and show its progress; or
+    /// `broadcast status <id>` / `broadcast cancel <id>`.
+    Broadcast(crate::broadcast::BroadcastArgs),
     /// Serve a local simulator of the Dialogue Open Platform and WeCom kf APIs.
     Simulate(crate::simulate::SimArgs),
     /// Validate the configuration and print it with secrets masked.
@@ -46,6 +49,15 @@ pub enum Command {
     /// Start the simulator and a worker on demo accounts, send one job of every message type,
     /// print what happened. Uses the local RabbitMQ and Postgres.
     Demo(crate::demo::DemoArgs),
+    /// Dead letters: list them, replay them after fixing the cause.
+    Dlq(crate::ops::DlqArgs),
+    /// Deliveries per account and status, dead letters per reason.
+    Stats(crate::ops::StatsArgs),
+    /// Measure throughput, latency, memory, crypto and limiter accuracy against the local
+    /// RabbitMQ, Postgres and simulator; prints one table. Build with --release.
+    Bench(crate::bench::BenchArgs),
+    /// WeCom customer service administration: kf accounts, servicers, customers, sessions, statistics.
+    Kf(crate::kf::KfArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,8 +157,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send(args) => send(load(&cli.config)?, args).await,
         Command::Status { job_id } => status(load(&cli.config)?, &job_id).await,
+        Command::Broadcast(args) => crate::broadcast::cli(load(&cli.config)?, args).await,
         Command::Simulate(args) => crate::simulate::run_cli(&load(&cli.config)?, args).await,
         Command::Demo(args) => crate::demo::run(cli.config.as_deref(), args).await,
+        Command::Dlq(args) => crate::ops::dlq(load(&cli.config)?, args)
+            .await
+            .map_err(|e| match e.downcast::<crate::ops::UsageError>() {
+                Ok(u) => ConfigError(u.0).into(),
+                Err(e) => e,
+            }),
+        Command::Stats(args) => crate::ops::stats_cmd(load(&cli.config)?, args).await,
+        Command::Bench(args) => crate::bench::run(cli.config.as_deref(), args).await,
+        Command::Kf(args) => crate::kf::run(load(&cli.config)?, args).await.map_err(|e| {
+            match e.downcast::<crate::kf::KfError>() {
+                Ok(k) if k.is_usage() => ConfigError(k.to_string()).into(),
+                Ok(k) => k.into(),
+                Err(e) => e,
+            }
+        }),
     }
 }
 

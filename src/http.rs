@@ -27,6 +27,8 @@ pub struct AppState {
     pub store: Store,
     pub conn: Arc<lapin::Connection>,
     pub lanes: Vec<Arc<LaneCtx>>,
+    /// Wakes the sync loops and publishes inbound messages (the callbacks' side).
+    pub inbound: Arc<crate::sync::SyncHub>,
 }
 
 impl AppState {
@@ -35,12 +37,14 @@ impl AppState {
         store: Store,
         conn: Arc<lapin::Connection>,
         lanes: Vec<Arc<LaneCtx>>,
+        inbound: Arc<crate::sync::SyncHub>,
     ) -> Self {
         Self {
             cfg,
             store,
             conn,
             lanes,
+            inbound,
         }
     }
 }
@@ -50,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(crate::callback::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.http.max_body_bytes,
         ))

@@ -38,7 +38,10 @@
 //!    is the message acked. A crash anywhere before the ack means a redelivery, which the claim
 //!    turns into a no-op unless the platform was never asked.
 
+pub mod bench;
+pub mod broadcast;
 pub mod broker;
+pub mod callback;
 pub mod channel;
 pub mod cli;
 pub mod config;
@@ -46,9 +49,12 @@ pub mod crypto;
 pub mod demo;
 pub mod http;
 pub mod job;
+pub mod kf;
 pub mod lane;
+pub mod ops;
 pub mod policy;
 pub mod simulate;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod worker;

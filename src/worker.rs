@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::broker::{self, DeadHeaders, Publisher};
 use crate::channel::{self, Platform};
-use crate::config::Config;
+use crate::config::{Channel, Config};
 use crate::http;
 use crate::lane::{self, LaneCtx};
 use crate::store::{DeadLetter, Store};
@@ -58,6 +58,18 @@ impl Worker {
             let sd = shutdown.clone();
             tasks.spawn(async move { lane::run(ctx, &conn, sd).await });
         }
+        // Inbound: one sync_msg loop per WeCom account and open_kfid, woken by the callbacks.
+        let inbound = Arc::new(crate::sync::SyncHub::new(
+            &cfg,
+            Publisher::new(&conn).await?,
+        ));
+        for ctx in lanes.iter().filter(|l| l.account.channel == Channel::Wecom) {
+            for kfid in &ctx.account.open_kfids {
+                let (ctx, hub, kfid) = (ctx.clone(), inbound.clone(), kfid.clone());
+                let sd = shutdown.clone();
+                tasks.spawn(async move { crate::sync::run(ctx, hub, kfid, sd).await });
+            }
+        }
         {
             let conn = conn.clone();
             let sd = shutdown.clone();
@@ -68,8 +80,13 @@ impl Worker {
         let http_addr = if cfg.http.listen.is_empty() {
             None
         } else {
-            let state =
-                http::AppState::new(cfg.clone(), store.clone(), conn.clone(), lanes.clone());
+            let state = http::AppState::new(
+                cfg.clone(),
+                store.clone(),
+                conn.clone(),
+                lanes.clone(),
+                inbound.clone(),
+            );
             let (addr, fut) = http::serve(&cfg.http.listen, state, shutdown.clone()).await?;
             tasks.spawn(fut);
             Some(addr)

@@ -8,7 +8,7 @@
 //! | `GET /_sim/faults`, `PUT /_sim/faults` | read / replace the fault rates (`Faults` JSON) |
 //! | `POST /_sim/tokens/expire` | every issued access token expires (→ 42001) |
 //! | `POST /_sim/tokens/revoke` | every issued access token is forgotten (→ 40014) |
-//! | `POST /_sim/script` `{account, errcodes}` | the account's next requests get these errcodes |
+//! | `POST /_sim/script` `{account, errcodes, api?}` | the account's next write requests (or next `api` requests) get these errcodes |
 //! | `POST /_sim/reset` | forget accepted requests, counters and scripts |
 //! | `POST /_sim/reset_conversations` | forget sessions, kefustates, inbound logs, codes |
 //! | `POST /_sim/wecom/customer_message` `{account, open_kfid, external_userid, text}` | → `{msgid, token}` |
@@ -154,12 +154,22 @@ async fn revoke(State(st): St) -> Answer {
 struct ScriptReq {
     account: String,
     errcodes: Vec<i64>,
+    /// Only this API (e.g. `sync_msg`); absent: the account's next write requests.
+    #[serde(default)]
+    api: Option<String>,
 }
 
 async fn script(State(st): St, body: Bytes) -> Answer {
     let r: ScriptReq = parse(&body)?;
     known(&st, &r.account)?;
-    st.script(&r.account, r.errcodes);
+    match r.api {
+        Some(api) => {
+            if !st.script_api(&r.account, &api, r.errcodes) {
+                return Err(bad(format!("unknown api '{api}'")));
+            }
+        }
+        None => st.script(&r.account, r.errcodes),
+    }
     done()
 }
 

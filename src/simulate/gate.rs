@@ -2,6 +2,11 @@
 //! faults and the account's rate limit, checked in that order. A request stopped here is not
 //! processed, not accepted, and does not count toward the rate.
 //!
+//! Scripts target an account's *write* requests (what a job does: sendmsg, kefustate/change,
+//! send_msg, send_msg_on_event, service_state/trans), so a test can give "the next job" an
+//! errcode whatever queries the worker makes around it; a per-API script reaches any API,
+//! queries included. Faults and the rate limit apply to every business API.
+//!
 //! Everything here is per account and per API, behind short `std` mutexes that are never held
 //! across an await, so the gate costs a few hundred nanoseconds per request.
 
@@ -45,6 +50,34 @@ pub enum Api {
 
 impl Api {
     pub const COUNT: usize = 8;
+    pub const ALL: [Api; Api::COUNT] = [
+        Api::SendMsg,
+        Api::KefuGet,
+        Api::KefuChange,
+        Api::KfSendMsg,
+        Api::KfSendMsgOnEvent,
+        Api::KfSyncMsg,
+        Api::KfStateGet,
+        Api::KfStateTrans,
+    ];
+
+    /// The API named like [`Api::name`] (`sendmsg`, `send_msg`, `sync_msg`, …).
+    pub fn from_name(name: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// APIs that deliver or change something (what a job does), as opposed to queries
+    /// (kefustate/get, service_state/get, sync_msg) a worker may make around a job.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Api::SendMsg
+                | Api::KefuChange
+                | Api::KfSendMsg
+                | Api::KfSendMsgOnEvent
+                | Api::KfStateTrans
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -125,11 +158,26 @@ impl Window {
     }
 }
 
+/// Scripted errcodes waiting for requests.
+#[derive(Debug, Default)]
+struct Scripts {
+    /// For the account's next write requests (any write API).
+    writes: VecDeque<i64>,
+    /// For the account's next requests of one API (reads included), before `writes`.
+    per_api: [VecDeque<i64>; Api::COUNT],
+}
+
+impl Scripts {
+    fn len(&self) -> usize {
+        self.writes.len() + self.per_api.iter().map(VecDeque::len).sum::<usize>()
+    }
+}
+
 /// One account's gate state.
 #[derive(Debug)]
 pub(crate) struct AccountGate {
-    script: Mutex<VecDeque<i64>>,
-    /// Length of `script`, read without the lock on every request (almost always 0).
+    scripts: Mutex<Scripts>,
+    /// Codes queued in `scripts`, read without the lock on every request (almost always 0).
     scripted: AtomicUsize,
     limits: Vec<Limit>,
     windows: [Mutex<Window>; Api::COUNT],
@@ -140,7 +188,7 @@ pub(crate) struct AccountGate {
 impl AccountGate {
     pub fn new(rate: &Rate, throttle_code: i64) -> Self {
         Self {
-            script: Mutex::new(VecDeque::new()),
+            scripts: Mutex::new(Scripts::default()),
             scripted: AtomicUsize::new(0),
             limits: limits_of(rate),
             windows: std::array::from_fn(|_| Mutex::new(Window::default())),
@@ -148,32 +196,40 @@ impl AccountGate {
         }
     }
 
-    /// Queue errcodes for the next requests (after any already queued).
-    pub fn script(&self, codes: impl IntoIterator<Item = i64>) {
-        let mut q = lock(&self.script);
-        q.extend(codes);
-        self.scripted.store(q.len(), Ordering::Release);
+    /// Queue errcodes for the next write requests, or with `api` for the next requests of
+    /// that API (after any already queued).
+    pub fn script(&self, api: Option<Api>, codes: impl IntoIterator<Item = i64>) {
+        let mut s = lock(&self.scripts);
+        match api {
+            Some(a) => s.per_api[a as usize].extend(codes),
+            None => s.writes.extend(codes),
+        }
+        self.scripted.store(s.len(), Ordering::Release);
     }
 
     pub fn clear_script(&self) {
-        let mut q = lock(&self.script);
-        q.clear();
+        let mut s = lock(&self.scripts);
+        *s = Scripts::default();
         self.scripted.store(0, Ordering::Release);
     }
 
-    fn next_scripted(&self) -> Option<i64> {
+    fn next_scripted(&self, api: Api) -> Option<i64> {
         if self.scripted.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let mut q = lock(&self.script);
-        let c = q.pop_front();
-        self.scripted.store(q.len(), Ordering::Release);
+        let mut s = lock(&self.scripts);
+        let c = match s.per_api[api as usize].pop_front() {
+            Some(c) => Some(c),
+            None if api.is_write() => s.writes.pop_front(),
+            None => None,
+        };
+        self.scripted.store(s.len(), Ordering::Release);
         c
     }
 
     /// `None`: process the request. `Some(reply)`: answer it with that, unprocessed.
     pub fn check(&self, api: Api, faults: &Faults, enforce_rate: bool) -> Option<Reply> {
-        match self.next_scripted() {
+        match self.next_scripted(api) {
             None | Some(SCRIPT_PASS) => {}
             Some(SCRIPT_HTTP_500) => return Some(Reply::Http(StatusCode::INTERNAL_SERVER_ERROR)),
             Some(SCRIPT_TIMEOUT) => return Some(Reply::Hold),
@@ -282,7 +338,15 @@ mod tests {
     #[test]
     fn script_comes_before_faults_and_pass_processes() {
         let g = AccountGate::new(&rate(Some(1000), None, None), 45009);
-        g.script([95001, SCRIPT_PASS, SCRIPT_HTTP_500]);
+        g.script(None, [95001, SCRIPT_PASS, SCRIPT_HTTP_500]);
+        g.script(Some(Api::KfSyncMsg), [95007]);
+        let none = Faults::default();
+        // Reads are not scripted by the write queue; their own queue comes first.
+        assert!(g.check(Api::KfStateGet, &none, true).is_none());
+        assert!(
+            matches!(g.check(Api::KfSyncMsg, &none, true), Some(Reply::Err(e)) if e.code == 95007)
+        );
+        assert!(g.check(Api::KfSyncMsg, &none, true).is_none());
         let none = Faults::default();
         assert!(
             matches!(g.check(Api::KfSendMsg, &none, true), Some(Reply::Err(e)) if e.code == 95001)
@@ -293,6 +357,7 @@ mod tests {
             Some(Reply::Http(StatusCode::INTERNAL_SERVER_ERROR))
         ));
         assert!(g.check(Api::KfSendMsg, &none, true).is_none());
+        assert_eq!(g.scripted.load(Ordering::Relaxed), 0);
         let all = Faults {
             busy: 1.0,
             ..Faults::default()

@@ -19,8 +19,14 @@
 //!   expiry, and the conversation side (customer messages, events, callbacks to the worker).
 //!
 //! Every business request (everything but `gettoken` and `/_sim`) first passes the *gate*
-//! ([`gate`]): scripted errcodes, then randomly injected faults, then the account's configured
-//! rate. A request stopped there is not processed and not accepted.
+//! ([`gate`]): scripted errcodes (by default for the account's next *write* requests), then
+//! randomly injected faults, then the account's configured rate. A request stopped there is
+//! not processed and not accepted. Errors of every kind are counted per `account:errcode`.
+//!
+//! Performance: handlers are synchronous up to the response (no lock is held across an await),
+//! state sits behind short per-purpose `std` locks, and accepted requests are stored compactly
+//! (at most [`MAX_RETAINED_ACCEPTED`]), so the simulator is not the bottleneck of a benchmark:
+//! `cargo test --release --lib simulate::tests::throughput -- --ignored --nocapture` measures it.
 //!
 //! # Deliberate simplifications
 //!
@@ -35,6 +41,10 @@
 //!   The platforms' own global limits (10,000/min per corp…) are not simulated.
 //! * **Access tokens**: while a corp's token is valid, `gettoken` returns the same token with the
 //!   remaining lifetime (as WeCom does). Tokens are never invalidated by a newer one.
+//!   `gettoken` itself is never faulted, scripted or throttled (WeCom's block after ~2000 bad
+//!   calls an hour is not simulated; the calls are counted so tests can assert on them).
+//! * **Chatbot** messages are accepted while a human serves the user (kefustate on): the
+//!   platform's behaviour there is unverified, and gating is the caller's job.
 //! * **Duplicate msgids** are accepted (whether WeCom deduplicates is unverified) and counted
 //!   in the stats, so tests can assert that the worker never sends a job twice.
 //! * **Sessions** change only through `service_state/trans` and the [`SimState`] helpers; a
@@ -51,10 +61,11 @@
 pub mod admin;
 pub mod chatbot;
 pub mod gate;
+pub mod kf_admin;
 mod reply;
 mod state;
 pub mod wecom;
-mod wecom_msg;
+pub mod wecom_msg;
 mod xml;
 
 #[cfg(test)]
@@ -69,7 +80,10 @@ use axum::Router;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-pub use state::{SimState, SimStats};
+pub use state::{
+    EVENT_CODE_TTL, INBOUND_RETENTION, MAX_RETAINED_ACCEPTED, REPLY_QUOTA, REPLY_WINDOW,
+    SYNC_TOKEN_TTL, SimState, SimStats, UNKNOWN_ACCOUNT,
+};
 
 /// An access token's lifetime on WeCom.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(7200);
@@ -79,7 +93,7 @@ pub const DEFAULT_FAULT_TIMEOUT_MS: u64 = 15_000;
 /// The CLI's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9900";
 /// How long [`SimHandle::shutdown`] waits for open connections before abandoning them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How the simulator behaves beyond the platforms' fixed rules.
 #[derive(Debug, Clone)]
@@ -185,6 +199,7 @@ pub struct Accepted {
 }
 
 /// A running simulator. Dropping it stops the server too (without waiting).
+#[derive(Debug)]
 pub struct SimHandle {
     addr: SocketAddr,
     state: Arc<SimState>,
@@ -286,6 +301,7 @@ pub fn router(state: Arc<SimState>) -> Router {
             post(wecom::service_state_trans),
         )
         .merge(admin::routes())
+        .merge(kf_admin::routes(Arc::clone(&state)))
         .with_state(state)
 }
 

@@ -307,9 +307,13 @@ impl SimState {
                             ctx()
                         );
                     }
-                    chatbot_tokens
-                        .entry(cfg.token.expose().to_owned())
-                        .or_insert(i);
+                    // The TOKEN in the URL is what identifies the bot (never printed).
+                    if chatbot_tokens
+                        .insert(cfg.token.expose().to_owned(), i)
+                        .is_some()
+                    {
+                        bail!("{}: another chatbot account has the same token", ctx());
+                    }
                     code::BOT_THROTTLED
                 }
                 Channel::Wecom => {
@@ -634,13 +638,32 @@ impl SimState {
         lock(&self.gettoken_calls).get(corpid).copied().unwrap_or(0)
     }
 
-    /// The next `errcodes.len()` business requests of `account` are answered with these
-    /// errcodes, in order, without being processed. Special values: [`super::gate::SCRIPT_PASS`]
-    /// (0) processes the request normally, [`super::gate::SCRIPT_HTTP_500`] (-2) answers HTTP
-    /// 500, [`super::gate::SCRIPT_TIMEOUT`] (-3) holds it like a timeout fault.
+    /// The next `errcodes.len()` *write* requests of `account` (sendmsg, kefustate/change,
+    /// send_msg, send_msg_on_event, service_state/trans) are answered with these errcodes, in
+    /// order, without being processed; queries a worker makes around a job (kefustate/get,
+    /// service_state/get, sync_msg) are not affected (see [`Self::script_api`]). Special
+    /// values: [`super::gate::SCRIPT_PASS`] (0) processes the request normally,
+    /// [`super::gate::SCRIPT_HTTP_500`] (-2) answers HTTP 500, [`super::gate::SCRIPT_TIMEOUT`]
+    /// (-3) holds it like a timeout fault.
     pub fn script(&self, account: &str, errcodes: Vec<i64>) {
         if let Some(i) = self.warn_unknown("script", account) {
-            self.accounts[i].gate.script(errcodes);
+            self.accounts[i].gate.script(None, errcodes);
+        }
+    }
+
+    /// Like [`Self::script`], for the next requests of one API of `account`, named as in
+    /// [`Accepted::api`] or `kefustate_get` / `service_state_get` / `sync_msg`. Returns false
+    /// (and scripts nothing) for an unknown account or API.
+    pub fn script_api(&self, account: &str, api: &str, errcodes: Vec<i64>) -> bool {
+        match (
+            self.warn_unknown("script_api", account),
+            Api::from_name(api),
+        ) {
+            (Some(i), Some(a)) => {
+                self.accounts[i].gate.script(Some(a), errcodes);
+                true
+            }
+            _ => false,
         }
     }
 

@@ -101,7 +101,7 @@ fn media(o: &Map<String, Value>, key: &str, path: &str) -> Result<(), ApiErr> {
 }
 
 /// A caller-chosen msgid: `Ok(None)` when absent (or empty / null: the platform generates one).
-pub fn msgid(body: &Map<String, Value>) -> Result<Option<&str>, ApiErr> {
+pub(crate) fn msgid(body: &Map<String, Value>) -> Result<Option<&str>, ApiErr> {
     match body.get("msgid") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -121,7 +121,10 @@ pub fn msgid(body: &Map<String, Value>) -> Result<Option<&str>, ApiErr> {
 
 /// Validate `body[msgtype]` for a message whose type must be one of `allowed`; returns the
 /// msgtype.
-pub fn validate<'a>(body: &'a Map<String, Value>, allowed: &[&str]) -> Result<&'a str, ApiErr> {
+pub(crate) fn validate<'a>(
+    body: &'a Map<String, Value>,
+    allowed: &[&str],
+) -> Result<&'a str, ApiErr> {
     let msgtype = match body.get("msgtype").and_then(Value::as_str) {
         Some(t) if allowed.contains(&t) => t,
         Some(t) => {
