@@ -292,6 +292,70 @@ async fn status(cfg: Config, job_id: &str) -> anyhow::Result<()> {
     writeln!(out, "  created    {}", ts("created_at"))?;
     writeln!(out, "  updated    {}", ts("updated_at"))?;
     writeln!(out, "  sent       {}", ts("sent_at"))?;
+    // The conversation's WeCom allowance (kept by the sync loop and the lanes).
+    if let (Some(kfid), recipient) = (
+        r.try_get::<Option<String>, _>("open_kfid").ok().flatten(),
+        s("recipient"),
+    ) {
+        let conv = sqlx::query(
+            "SELECT last_customer_msg_at, sent_since_customer, service_state, servicer_userid
+             FROM conversations WHERE account = $1 AND open_kfid = $2 AND external_userid = $3",
+        )
+        .bind(s("account"))
+        .bind(&kfid)
+        .bind(&recipient)
+        .fetch_optional(st.pool())
+        .await?;
+        writeln!(out, "conversation ({kfid} / {recipient})")?;
+        match conv {
+            None => writeln!(out, "  no customer message or session state recorded yet")?,
+            Some(c) => {
+                let last: Option<chrono::DateTime<chrono::Utc>> = c.get("last_customer_msg_at");
+                let sent: i32 = c.get("sent_since_customer");
+                match last {
+                    Some(t) => {
+                        let left = t + crate::lane::WECOM_WINDOW - chrono::Utc::now();
+                        writeln!(out, "  customer's last message  {}", t.to_rfc3339())?;
+                        if left > chrono::Duration::zero() {
+                            writeln!(
+                                out,
+                                "  reply window             open, {} h {} min left",
+                                left.num_hours(),
+                                left.num_minutes() % 60
+                            )?;
+                        } else {
+                            writeln!(out, "  reply window             closed")?;
+                        }
+                        writeln!(
+                            out,
+                            "  allowance                {sent} of {} used",
+                            crate::lane::WECOM_WINDOW_QUOTA
+                        )?;
+                    }
+                    None => writeln!(
+                        out,
+                        "  customer's last message  unknown (window not enforced)"
+                    )?,
+                }
+                if let Some(state) = c.get::<Option<i32>, _>("service_state") {
+                    let name = match state {
+                        0 => "new",
+                        1 => "bot",
+                        2 => "queued for a human",
+                        3 => "human serving",
+                        4 => "ended",
+                        _ => "unknown",
+                    };
+                    let who: Option<String> = c.get("servicer_userid");
+                    writeln!(
+                        out,
+                        "  session                  {state} ({name}){}",
+                        who.map(|w| format!(", servicer {w}")).unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+    }
     let events = st.delivery_events(job_id).await?;
     if !events.is_empty() {
         writeln!(out, "history")?;

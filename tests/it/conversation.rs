@@ -171,6 +171,27 @@ async fn the_sixth_message_and_a_reply_after_49_hours_never_reach_the_platform()
     .await
     .unwrap();
     assert_eq!(n, 5);
+    // `wxdispatch status` shows the ledger
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::crash::write_config(&env, dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wxdispatch"))
+        .args(["status", "q5", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("status     dead"), "{text}");
+    assert!(text.contains("quota_exhausted"), "{text}");
+    assert!(
+        text.contains("allowance                5 of 5 used"),
+        "{text}"
+    );
+    assert!(text.contains("reply window             open"), "{text}");
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
