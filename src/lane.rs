@@ -185,19 +185,22 @@ fn parks_of(props: &BasicProperties) -> u32 {
         .unwrap_or(0)
 }
 
+/// conversation → seq → (job id, tier seconds)
+type ParkedMap = HashMap<String, std::collections::BTreeMap<i64, (String, u64)>>;
+
 /// Jobs parked in delay tiers, by conversation, mirrored in `parked_jobs` so a lane that
 /// fails over to another process keeps the order. Only the lane's own process touches it
 /// (single active consumer).
 #[derive(Default)]
 pub struct Parked {
     /// conversation → seq → (job id, tier seconds)
-    map: std::sync::Mutex<HashMap<String, std::collections::BTreeMap<i64, (String, u64)>>>,
+    map: std::sync::Mutex<ParkedMap>,
 }
 
 impl Parked {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, std::collections::BTreeMap<i64, (String, u64)>>>
+    ) -> std::sync::MutexGuard<'_, ParkedMap>
     {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }

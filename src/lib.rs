@@ -17,7 +17,13 @@
 //! | [`lane`] | one account's lane: per-conversation order, rate limit, retries, pause, record-then-ack |
 //! | [`broker`] | RabbitMQ topology, confirmed publishing, dead-letter headers |
 //! | [`store`] | Postgres: claims and outcomes (batched), dead letters, tokens |
+//! | [`broadcast`] | bulk broadcasts: idempotent fan-out into the account's bulk queue, progress, cancel |
+//! | [`sync`] | WeCom sync_msg cursor loops; inbound messages and their effects on conversations and deliveries |
+//! | [`callback`] | the platforms' HTTP callbacks (WeCom URL verification and kf events, chatbot push) |
 //! | [`worker`] | `run`: wires the above together, graceful shutdown |
+//! | [`ops`] | operator tooling: `dlq list` / `dlq replay`, `stats` |
+//! | [`kf`] | `wxdispatch kf …`: WeCom customer-service administration |
+//! | [`bench`] | `wxdispatch bench`: the reproducible benchmark |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` and the platform callbacks |
 //! | [`simulate`] | a local simulator of both platforms, faithful to their crypto and errcodes |
 //! | [`telemetry`] | metric names, logging setup |
