@@ -5,6 +5,7 @@ mod broadcast;
 mod conversation;
 mod core;
 mod crash;
+mod demo;
 mod deploy;
 mod harness;
 mod inbound;
