@@ -261,12 +261,12 @@ pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<()> {
     .bind(account)
     .fetch_all(pool)
     .await?;
+    let mut pending = 0i64;
     for id in ids {
         let Some(p) = progress(pool, &id).await? else {
             continue;
         };
-        metrics::gauge!(crate::telemetry::BROADCAST_PENDING, "account" => account.to_owned())
-            .set(p.pending as f64);
+        pending += p.pending;
         sqlx::query(
             "UPDATE broadcasts SET sent = $2, failed = $3, dead = $4, suppressed = $5, expired = $6,
                     cancelled = $7, pending = $8, updated_at = now(),
@@ -285,6 +285,8 @@ pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<()> {
         .execute(pool)
         .await?;
     }
+    metrics::gauge!(crate::telemetry::BROADCAST_PENDING, "account" => account.to_owned())
+        .set(pending as f64);
     Ok(())
 }
 
