@@ -1125,9 +1125,12 @@ pub enum AccountCmd {
     },
     /// Change a kf account's name and/or avatar.
     Update {
+        /// The kf account (open_kfid).
         open_kfid: String,
+        /// New display name, at most 16 characters.
         #[arg(long)]
         name: Option<String>,
+        /// New avatar: a temporary media id, at most 128 bytes.
         #[arg(long)]
         media_id: Option<String>,
         #[command(flatten)]
@@ -1136,12 +1139,14 @@ pub enum AccountCmd {
     /// Delete a kf account.
     #[command(alias = "del")]
     Delete {
+        /// The kf account (open_kfid).
         open_kfid: String,
         #[command(flatten)]
         common: Common,
     },
     /// Print the account's contact URL (the link customers open).
     Link {
+        /// The kf account (open_kfid).
         open_kfid: String,
         /// Scene value echoed in enter_session events: at most 32 of [0-9a-zA-Z_-].
         #[arg(long)]
@@ -1155,13 +1160,16 @@ pub enum AccountCmd {
 pub enum ServicerCmd {
     /// List a kf account's servicers.
     List {
+        /// The kf account (open_kfid).
         open_kfid: String,
         #[command(flatten)]
         common: Common,
     },
     /// Add members as servicers (any number: sent 100 per call); per-user results.
     Add {
+        /// The kf account (open_kfid).
         open_kfid: String,
+        /// Member userids.
         #[arg(required = true)]
         userids: Vec<String>,
         #[command(flatten)]
@@ -1170,7 +1178,9 @@ pub enum ServicerCmd {
     /// Remove servicers (sent 100 per call); per-user results.
     #[command(alias = "del")]
     Remove {
+        /// The kf account (open_kfid).
         open_kfid: String,
+        /// Member userids.
         #[arg(required = true)]
         userids: Vec<String>,
         #[command(flatten)]
@@ -1182,6 +1192,7 @@ pub enum ServicerCmd {
 pub enum CustomerCmd {
     /// Look customers up (sent 100 per call); unknown ids are listed separately.
     Get {
+        /// Customers' external_userids.
         #[arg(required = true)]
         external_userids: Vec<String>,
         /// Also ask for the scene of each customer's last session entry.
@@ -1196,7 +1207,9 @@ pub enum CustomerCmd {
 pub enum SessionCmd {
     /// Show a conversation's service state (0 new, 1 bot, 2 queued, 3 human, 4 ended).
     Get {
+        /// The kf account (open_kfid).
         open_kfid: String,
+        /// The customer (external_userid).
         external_userid: String,
         #[command(flatten)]
         common: Common,
@@ -1204,8 +1217,11 @@ pub enum SessionCmd {
     /// Move a conversation: 1 bot, 2 queue, 3 a servicer (--servicer), 4 end. The current
     /// state is read first; moves WeCom does not allow are refused without a call.
     Transfer {
+        /// The kf account (open_kfid).
         open_kfid: String,
+        /// The customer (external_userid).
         external_userid: String,
+        /// Target state: 1 bot, 2 queued, 3 human (with --servicer), 4 ended.
         #[arg(long, allow_negative_numbers = true)]
         state: i64,
         /// The servicer's userid (required for --state 3).
@@ -1799,13 +1815,32 @@ fn print_json(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
     writeln!(out, "{v}")
 }
 
-/// Columns padded to their widest cell (in characters).
+/// Terminal columns of `s`: East Asian wide characters (CJK, Hangul, full-width forms — kf
+/// account names and nicknames are often Chinese) take two.
+fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match u32::from(c) {
+            0x1100..=0x115F
+            | 0x2E80..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6
+            | 0x1F300..=0x1F64F
+            | 0x20000..=0x3FFFD => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Columns padded to their widest cell (in terminal columns).
 fn write_table(out: &mut impl Write, head: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = head.iter().map(|h| display_width(h)).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
+                *w = (*w).max(display_width(c));
             }
         }
     }
@@ -1818,7 +1853,7 @@ fn write_table(out: &mut impl Write, head: &[&str], rows: &[Vec<String>]) -> std
                 if i + 1 == n {
                     c.to_owned()
                 } else {
-                    let pad = widths[i].saturating_sub(c.chars().count());
+                    let pad = widths[i].saturating_sub(display_width(c));
                     format!("{c}{}", " ".repeat(pad))
                 }
             })
@@ -2003,7 +2038,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "A    BB\nxyz  1\n客服   2\n"
+            "A     BB\nxyz   1\n客服  2\n" // "客服" is 4 columns wide
         );
     }
 }

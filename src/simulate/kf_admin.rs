@@ -555,17 +555,9 @@ fn customer_batchget(kf: &KfAdmin, req: &Req) -> Result<Value, ApiErr> {
             continue;
         }
         if known.contains(u) {
-            let tail: String = u
-                .chars()
-                .rev()
-                .take(4)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
             let mut c = json!({
                 "external_userid": u,
-                "nickname": format!("Customer {tail}"),
+                "nickname": format!("Customer {u}"),
                 "avatar": format!("https://wx.qlogo.cn/mmhead/sim{:016x}/0", fnv(&[u])),
                 "gender": fnv(&[u, "gender"]) % 3,
                 "unionid": "",

@@ -321,6 +321,12 @@ async fn dashboard_and_alerts_query_only_metrics_a_running_worker_exports() {
     wait_status(&env, "dep-throttle", "sent").await;
     env.publish("mbot", &text("dep-sent", "oUser")).await; // a duplicate
     env.publish("mbad", &text("dep-bad", "wmCustomer")).await;
+    env.publish(
+        "mbot",
+        &json!({"kind": "broadcast", "job_id": "dep-bc", "to": ["oFan1", "oFan2"],
+                "message": {"text": "to all"}}),
+    )
+    .await;
     // WeCom reports the throttled-then-sent message undelivered.
     sim.push_event(
         "mkf",
