@@ -329,7 +329,6 @@ pub async fn cancel(pool: &PgPool, id: &str) -> anyhow::Result<u64> {
 /// `wxdispatch broadcast --account A --to-file recipients.txt --message msg.json`, or
 /// `broadcast status <id>` / `broadcast cancel <id>`.
 #[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct BroadcastArgs {
     #[command(subcommand)]
     pub action: Option<BroadcastAction>,
@@ -373,6 +372,11 @@ pub enum BroadcastAction {
 pub async fn cli(cfg: crate::config::Config, args: BroadcastArgs) -> anyhow::Result<()> {
     let pool = crate::store::connect_pool(&cfg).await?;
     crate::store::migrate(&pool).await?;
+    if args.action.is_some()
+        && (args.account.is_some() || args.to_file.is_some() || args.message.is_some())
+    {
+        anyhow::bail!("`broadcast status|cancel <id>` takes no --account/--to-file/--message");
+    }
     match args.action {
         Some(BroadcastAction::Status { id, watch, json }) => {
             if watch {
@@ -522,12 +526,13 @@ pub async fn watch_progress(pool: &PgPool, id: &str) -> anyhow::Result<()> {
                 "broadcast '{id}' was not picked up by any worker within 60 s (is `wxdispatch run` running?)"
             ),
         };
-        bar.set_length(p.total.max(0) as u64);
-        bar.set_position(p.done().max(0) as u64);
+        // message first: the position update is what redraws the bar
         bar.set_message(format!(
             "sent {} failed {} dead {} suppressed {}",
             p.sent, p.failed, p.dead, p.suppressed
         ));
+        bar.set_length(p.total.max(0) as u64);
+        bar.set_position(p.done().max(0) as u64);
         if !tty && last_line.elapsed() >= std::time::Duration::from_secs(2) {
             let rate = p.done() as f64 / started.elapsed().as_secs_f64().max(0.001);
             eprintln!(
