@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
@@ -72,6 +72,9 @@ const DB_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// gives up (a healthy run is many times faster).
 const DRAIN_TIMEOUT_MIN: Duration = Duration::from_secs(120);
 const DRAIN_PER_JOB: Duration = Duration::from_millis(2);
+/// How long the ceiling consumer stays open after its last ack, so the queue has applied
+/// every settlement before the consumer goes away.
+const CEILING_SETTLE: Duration = Duration::from_millis(500);
 /// How long a child process may take to come up (simulator answering, lane consuming).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGTERM, then this long for a graceful exit, then SIGKILL.
@@ -181,6 +184,16 @@ pub struct BenchArgs {
     /// Keep each run's vhost, database and directory (config, logs) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Plan every statement of the run's database afresh (`ALTER DATABASE … SET
+    /// plan_cache_mode = force_custom_plan`): shows what the cached generic plans of a fresh,
+    /// never-analyzed `deliveries` table cost (see the bench results).
+    #[arg(long)]
+    pub pg_custom_plans: bool,
+    /// Start the worker under this command, for profiling, e.g.
+    /// `--worker-wrapper "valgrind --tool=callgrind --callgrind-out-file=/tmp/worker.cg"`.
+    /// The worker's CPU and RSS figures are then the wrapper's and not comparable.
+    #[arg(long)]
+    pub worker_wrapper: Option<String>,
 }
 
 impl BenchArgs {
@@ -299,6 +312,8 @@ struct Base {
     batch_max: usize,
     batch_linger_ms: u64,
     exe: PathBuf,
+    worker_wrapper: Option<String>,
+    pg_custom_plans: bool,
 }
 
 impl Base {
@@ -317,6 +332,8 @@ impl Base {
             batch_max: cfg.database.batch_max,
             batch_linger_ms: cfg.database.batch_linger_ms,
             exe: std::env::current_exe().context("locating the wxdispatch binary")?,
+            worker_wrapper: args.worker_wrapper.clone().filter(|w| !w.trim().is_empty()),
+            pg_custom_plans: args.pg_custom_plans,
         })
     }
 
@@ -385,6 +402,7 @@ struct Scenario {
     conn: Connection,
     admin_db_url: String,
     exe: PathBuf,
+    worker_wrapper: Option<String>,
     keep: bool,
 }
 
@@ -476,6 +494,13 @@ impl Scenario {
         sim_client.wait_ready(&mut sim).await?;
         let pool = store::connect_pool(&cfg).await?;
         store::migrate(&pool).await?;
+        if base.pg_custom_plans {
+            let stmt = format!("ALTER DATABASE \"{name}\" SET plan_cache_mode = force_custom_plan");
+            sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&pool)
+                .await
+                .context("--pg-custom-plans")?;
+        }
         let conn = broker::connect(&cfg.broker.url, "wxdispatch-bench").await?;
         broker::declare_topology(&conn, &cfg).await?;
         Ok(Self {
@@ -491,13 +516,15 @@ impl Scenario {
             conn,
             admin_db_url: base.admin_db_url(),
             exe: base.exe.clone(),
+            worker_wrapper: base.worker_wrapper.clone(),
             keep,
         })
     }
 
     fn spawn_worker(&self) -> anyhow::Result<Proc> {
-        Proc::spawn(
+        Proc::spawn_wrapped(
             "worker",
+            self.worker_wrapper.as_deref(),
             &self.exe,
             &self.cfg_path,
             &["run".to_owned()],
@@ -587,6 +614,7 @@ impl Scenario {
         let t0 = Instant::now();
         let deadline = t0 + drain_timeout(n);
         let mut got = 0usize;
+        let mut redelivered = 0usize;
         while got < n {
             let next = tokio::time::timeout_at(deadline.into(), consumer.next()).await;
             match next {
@@ -599,12 +627,30 @@ impl Scenario {
                         .await
                         .context("broker ceiling: ack")?;
                     got += 1;
+                    redelivered += usize::from(d.redelivered);
                 }
             }
         }
         let secs = t0.elapsed().as_secs_f64();
+        // A quorum queue applies settlements asynchronously; a consumer that goes away
+        // before they are applied gets those messages returned. Give them a moment, then
+        // purge whatever came back, so the worker's backlog is exactly its own.
+        tokio::time::sleep(CEILING_SETTLE).await;
         let _ = ch.close(200, "done".into()).await;
         let _ = conn.close(200, "done".into()).await;
+        let purge = self.conn.create_channel().await?;
+        let purged = purge
+            .queue_purge(
+                self.account.queue().as_str().into(),
+                QueuePurgeOptions::default(),
+            )
+            .await?;
+        let _ = purge.close(200, "bye".into()).await;
+        if purged > 0 {
+            self.say(format!(
+                "  note: {purged} acked messages were returned when the ceiling consumer closed ({redelivered} redeliveries); purged"
+            ));
+        }
         let left = self.queue_ready().await?;
         if left != 0 {
             bail!("broker ceiling: {left} messages still queued after the ceiling run");
@@ -617,11 +663,27 @@ impl Scenario {
         Ok(rate)
     }
 
-    /// Rows of `deliveries` with an outcome.
+    /// Rows of `deliveries` with an outcome (a full scan: run it rarely).
     async fn terminal(&self) -> anyhow::Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM deliveries WHERE status NOT IN ('accepted', 'retrying')",
         )
+        .persistent(false)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Rows of the run's account still without an outcome: through the `(account, status)`
+    /// index, cheap while few are in flight, so it can be polled without loading Postgres.
+    /// Planned afresh every time (`persistent(false)`): a cached plan made while the table
+    /// was empty would scan it.
+    async fn in_progress(&self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE account = $1 AND status IN ('accepted', 'retrying')",
+        )
+        .bind(&self.account.name)
+        .persistent(false)
         .fetch_one(&self.pool)
         .await?;
         Ok(n.max(0) as u64)
@@ -640,8 +702,11 @@ impl Scenario {
             if sim_done || last_db.elapsed() >= DB_CHECK_EVERY {
                 last_db = Instant::now();
                 queries += 1;
-                if self.terminal().await? >= n {
-                    return Ok(queries);
+                if self.in_progress().await? == 0 {
+                    queries += 1;
+                    if self.terminal().await? >= n {
+                        return Ok(queries);
+                    }
                 }
             }
             if Instant::now() > deadline {
@@ -858,10 +923,30 @@ impl Proc {
         args: &[String],
         dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::spawn_wrapped(name, None, exe, cfg, args, dir)
+    }
+
+    /// [`Proc::spawn`] under `wrapper` (a command and its arguments, split at whitespace).
+    fn spawn_wrapped(
+        name: &'static str,
+        wrapper: Option<&str>,
+        exe: &Path,
+        cfg: &Path,
+        args: &[String],
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = tokio::process::Command::new(exe);
+        let mut words = wrapper.unwrap_or("").split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut c = tokio::process::Command::new(program);
+                c.args(words).arg(exe);
+                c
+            }
+            None => tokio::process::Command::new(exe),
+        };
         cmd.arg("--config").arg(cfg).args(args);
         // The generated config is the whole configuration: no overrides from this shell.
         for (k, _) in std::env::vars_os() {
@@ -1821,7 +1906,7 @@ fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1869,6 +1954,8 @@ mod tests {
             prefetch: None,
             concurrency: None,
             keep: false,
+            pg_custom_plans: false,
+            worker_wrapper: None,
         };
         for channel in [Channel::Chatbot, Channel::Wecom] {
             let jobs = JobGen::new(channel, &args);

@@ -13,6 +13,9 @@
 //!                                    a parked job returns to its lane after N seconds
 //! ```
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Context;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
@@ -20,8 +23,14 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AccountConfig, Config};
+
+/// How long a publish that failed on a dead connection waits for the new one before failing
+/// to its caller (who hands the message back to the broker).
+const PUBLISH_RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
 pub const EXCHANGE: &str = "wxdispatch";
 pub const UNROUTABLE: &str = "wxdispatch.unroutable";
@@ -35,34 +44,173 @@ pub const H_ERRMSG: &str = "x-wxdispatch-errmsg";
 pub const H_ACCOUNT: &str = "x-wxdispatch-account";
 pub const H_ATTEMPTS: &str = "x-wxdispatch-attempts";
 
-/// Reconnection schedule after the broker went away: first retry soon (a restart takes a few
-/// seconds), then every [`RECONNECT_MAX_DELAY`], for about [`RECONNECT_ATTEMPTS`] ×
-/// that long (≈ 5 minutes) before the worker gives up and exits non-zero for its supervisor
-/// to restart it. lapin's default (from 1 s, doubling to 60 s) could leave a lane idle for a
-/// minute after a short broker restart.
-const RECONNECT_MIN_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
-const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
-const RECONNECT_ATTEMPTS: usize = 60;
+/// Reconnection schedule after the broker went away (see [`Broker`]): first retry soon (a
+/// restart takes a few seconds), doubling up to [`RECONNECT_MAX_DELAY`], with jitter so that
+/// many workers do not reconnect in lockstep. There is no last attempt: a worker waits for its
+/// broker rather than exiting (`/readyz` says 503 meanwhile).
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(250);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// How often [`Broker`] checks that its connection is alive. A dead connection is noticed
+/// by its users at once (their channels fail); this only bounds how long it stays unreplaced.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// A connection attempt (TCP, AMQP handshake, topology) that takes longer is abandoned: a
+/// broker that accepts connections while still starting up can leave a handshake hanging.
+const RECONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connect with lapin's own auto-recovery: on a broker restart the connection, channels,
-/// QoS, consumers and confirm mode are re-established; deliveries held at the time are
-/// redelivered by the broker and deduplicated by the claim in Postgres.
+/// Connect once (no recovery): for the short-lived commands and the tests. A worker uses
+/// [`Broker`], which replaces a connection that died.
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .enable_auto_recover()
-        .configure_backoff(|b| {
-            b.with_min_delay(RECONNECT_MIN_DELAY)
-                .with_max_delay(RECONNECT_MAX_DELAY)
-                .with_max_times(RECONNECT_ATTEMPTS)
-                .with_jitter()
-        });
+    let props = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, props).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot connect to RabbitMQ at {}: {e}",
             redact_amqp_url(url)
         )
     })
+}
+
+/// The worker's connection to RabbitMQ, replaced when it dies.
+///
+/// lapin's own auto-recovery is not used: in lapin 4.12.3, after a broker-initiated close
+/// (`rabbitmqctl stop_app`, a node restart) with unflushed frames its I/O loop spins without
+/// ever reconnecting (amqp-rs/lapin#450). Instead a watcher task notices the dead connection,
+/// reconnects with backoff, declares the topology again (idempotent; a replaced broker node
+/// may have lost it) and publishes the new connection; lanes open new channels and
+/// consumers on it ([`Broker::connection`]) and [`Publisher`]s re-open their confirm channels.
+/// Deliveries held on the dead connection are redelivered by the broker and deduplicated by
+/// the claim in Postgres.
+pub struct Broker {
+    url: String,
+    name: String,
+    cfg: Arc<Config>,
+    /// The current connection (possibly dead until the watcher replaces it) and its number.
+    current: watch::Sender<(u64, Arc<Connection>)>,
+    publishers: std::sync::Mutex<Vec<std::sync::Weak<PublisherInner>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &redact_amqp_url(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connect (failing fast when the broker cannot be reached at start), declare the
+    /// topology, and keep the connection alive until `shutdown`.
+    pub async fn start(
+        cfg: Arc<Config>,
+        name: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let conn = connect(&cfg.broker.url, name).await?;
+        declare_topology(&conn, &cfg).await?;
+        let broker = Arc::new(Self {
+            url: cfg.broker.url.clone(),
+            name: name.to_owned(),
+            cfg,
+            current: watch::Sender::new((0, Arc::new(conn))),
+            publishers: std::sync::Mutex::new(Vec::new()),
+        });
+        tokio::spawn(Arc::clone(&broker).watch(shutdown));
+        Ok(broker)
+    }
+
+    /// Whether the current connection is up (for `/readyz`).
+    pub fn connected(&self) -> bool {
+        self.current.borrow().1.status().connected()
+    }
+
+    /// The current connection once it is up, and its number (waits while reconnecting).
+    pub async fn connection(&self) -> (u64, Arc<Connection>) {
+        let mut rx = self.current.subscribe();
+        loop {
+            {
+                let cur = rx.borrow_and_update();
+                if cur.1.status().connected() {
+                    return (cur.0, Arc::clone(&cur.1));
+                }
+            }
+            if rx.changed().await.is_err() {
+                // The broker handle is gone (process shutting down): hand out what there is.
+                let cur = rx.borrow();
+                return (cur.0, Arc::clone(&cur.1));
+            }
+        }
+    }
+
+    /// A publisher whose confirm channel is re-opened on every new connection.
+    pub async fn publisher(self: &Arc<Self>) -> anyhow::Result<Publisher> {
+        let (_, conn) = self.connection().await;
+        let ch = confirm_channel(&conn).await?;
+        let inner = Arc::new(PublisherInner {
+            ch: std::sync::RwLock::new(ch),
+            reopen: tokio::sync::Mutex::new(()),
+            broker: Some(Arc::clone(self)),
+        });
+        self.publishers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&inner));
+        Ok(Publisher { inner })
+    }
+
+    async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            }
+            if self.connected() {
+                continue;
+            }
+            tracing::warn!(broker = %redact_amqp_url(&self.url), "connection to RabbitMQ lost; reconnecting");
+            metrics::counter!(crate::telemetry::BROKER_RECONNECTS).increment(1);
+            let mut delay = RECONNECT_MIN_DELAY;
+            let conn = loop {
+                let attempt = async {
+                    let c = connect(&self.url, &self.name).await?;
+                    declare_topology(&c, &self.cfg).await?;
+                    anyhow::Ok(c)
+                };
+                let attempt = tokio::time::timeout(RECONNECT_ATTEMPT_TIMEOUT, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
+                match attempt {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::info!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "reconnect failed");
+                        let jittered = delay.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(jittered) => {}
+                        }
+                        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+                    }
+                }
+            };
+            let conn = Arc::new(conn);
+            // (Read the number first: holding a borrow while sending would deadlock.)
+            let next = self.current.borrow().0 + 1;
+            let old = self.current.send_replace((next, Arc::clone(&conn)));
+            // The old connection is dead; closing it releases its I/O thread.
+            let _ = old.1.close(200, "replaced".into()).await;
+            let publishers: Vec<_> = {
+                let mut ps = self.publishers.lock().unwrap_or_else(|p| p.into_inner());
+                ps.retain(|w| w.strong_count() > 0);
+                ps.iter().filter_map(std::sync::Weak::upgrade).collect()
+            };
+            for p in publishers {
+                if let Err(e) = p.reopen(&conn).await {
+                    tracing::warn!(error = %format!("{e:#}"), "publisher channel not re-opened; retried on its next publish");
+                }
+            }
+            tracing::info!(broker = %redact_amqp_url(&self.url), "reconnected to RabbitMQ");
+        }
+        let cur = Arc::clone(&self.current.borrow().1);
+        let _ = cur.close(200, "shutdown".into()).await;
+    }
 }
 
 /// `amqp://user:pw@host/vhost` → `amqp://user:***@host/vhost`.
@@ -216,23 +364,60 @@ async fn declare_lane(ch: &Channel, cfg: &Config, a: &AccountConfig) -> anyhow::
     bind(ch, &q, EXCHANGE, &a.name).await
 }
 
+async fn confirm_channel(conn: &Connection) -> anyhow::Result<Channel> {
+    let ch = conn
+        .create_channel()
+        .await
+        .context("opening the publish channel")?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("enabling publisher confirms")?;
+    Ok(ch)
+}
+
 /// A channel in confirm mode: every publish returns only once the broker has taken
-/// responsibility for the message.
+/// responsibility for the message. One made by [`Broker::publisher`] follows the broker's
+/// reconnections.
 #[derive(Clone)]
 pub struct Publisher {
-    ch: Channel,
+    inner: Arc<PublisherInner>,
+}
+
+struct PublisherInner {
+    ch: std::sync::RwLock<Channel>,
+    /// One re-open at a time.
+    reopen: tokio::sync::Mutex<()>,
+    broker: Option<Arc<Broker>>,
+}
+
+impl PublisherInner {
+    fn current(&self) -> Channel {
+        self.ch.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replace the channel with a new one on `conn`, unless it works already.
+    async fn reopen(&self, conn: &Connection) -> anyhow::Result<()> {
+        let _one = self.reopen.lock().await;
+        if self.current().status().connected() {
+            return Ok(());
+        }
+        let ch = confirm_channel(conn).await?;
+        *self.ch.write().unwrap_or_else(|p| p.into_inner()) = ch;
+        Ok(())
+    }
 }
 
 impl Publisher {
+    /// A publisher on `conn` (not following reconnections; see [`Broker::publisher`]).
     pub async fn new(conn: &Connection) -> anyhow::Result<Self> {
-        let ch = conn
-            .create_channel()
-            .await
-            .context("opening the publish channel")?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
-        Ok(Self { ch })
+        let ch = confirm_channel(conn).await?;
+        Ok(Self {
+            inner: Arc::new(PublisherInner {
+                ch: std::sync::RwLock::new(ch),
+                reopen: tokio::sync::Mutex::new(()),
+                broker: None,
+            }),
+        })
     }
 
     /// Publish persistently and wait for the broker's confirm.
@@ -245,19 +430,20 @@ impl Publisher {
     ) -> anyhow::Result<()> {
         let props = props.with_delivery_mode(2);
         let mut last_err = None;
-        // One retry after lapin's auto-recovery finishes (a broker restart mid-publish).
+        // One retry on a new channel when the broker connection was replaced meanwhile (a
+        // broker restart mid-publish).
         for _ in 0..2 {
+            let ch = self.inner.current();
             let res = async {
-                self.ch
-                    .basic_publish(
-                        exchange.into(),
-                        routing_key.into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        props.clone(),
-                    )
-                    .await?
-                    .await
+                ch.basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props.clone(),
+                )
+                .await?
+                .await
             }
             .await;
             match res {
@@ -265,9 +451,18 @@ impl Publisher {
                 Ok(_) => anyhow::bail!("broker refused the message (nack) on {exchange}"),
                 Err(e) => {
                     let msg = e.to_string();
-                    if self.ch.wait_for_recovery(e).await.is_err() {
+                    let Some(broker) = &self.inner.broker else {
                         anyhow::bail!("publishing to {exchange}: {msg}");
-                    }
+                    };
+                    // Wait (bounded) for a live connection, then retry once on a new channel.
+                    let (_, conn) =
+                        match tokio::time::timeout(PUBLISH_RECONNECT_WAIT, broker.connection())
+                            .await
+                        {
+                            Ok(c) => c,
+                            Err(_) => anyhow::bail!("publishing to {exchange}: {msg}"),
+                        };
+                    self.inner.reopen(&conn).await?;
                     last_err = Some(msg);
                 }
             }
@@ -329,8 +524,9 @@ impl Publisher {
         self.publish(DEAD, dl.account, body, p).await
     }
 
-    pub fn channel(&self) -> &Channel {
-        &self.ch
+    /// The current channel (after a reconnection, the new one).
+    pub fn channel(&self) -> Channel {
+        self.inner.current()
     }
 }
 

@@ -25,7 +25,8 @@ pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
 pub struct AppState {
     pub cfg: Arc<Config>,
     pub store: Store,
-    pub conn: Arc<lapin::Connection>,
+    /// The broker connection (replaced on reconnect), for `/readyz`.
+    pub broker: Arc<crate::broker::Broker>,
     pub lanes: Vec<Arc<LaneCtx>>,
     /// Wakes the sync loops and publishes inbound messages (the callbacks' side).
     pub inbound: Arc<crate::sync::SyncHub>,
@@ -35,14 +36,14 @@ impl AppState {
     pub fn new(
         cfg: Arc<Config>,
         store: Store,
-        conn: Arc<lapin::Connection>,
+        broker: Arc<crate::broker::Broker>,
         lanes: Vec<Arc<LaneCtx>>,
         inbound: Arc<crate::sync::SyncHub>,
     ) -> Self {
         Self {
             cfg,
             store,
-            conn,
+            broker,
             lanes,
             inbound,
         }
@@ -77,7 +78,7 @@ async fn metrics() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let broker = s.conn.status().connected();
+    let broker = s.broker.connected();
     let db = s.store.ping().await;
     let body = format!(
         "broker: {}\ndatabase: {}\n",

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::broker::{self, DeadHeaders, Publisher};
+use crate::broker::{self, Broker, DeadHeaders, Publisher};
 use crate::channel::Platform;
 use crate::config::{AccountConfig, Channel, Config};
 use crate::job::{self, Gate, Job, JobError, JobKind};
@@ -198,10 +198,7 @@ pub struct Parked {
 }
 
 impl Parked {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, ParkedMap>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ParkedMap> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -294,51 +291,123 @@ impl Parked {
     }
 }
 
+/// The lane's channels and consumers on one broker connection.
+struct Consumers {
+    ch: lapin::Channel,
+    consumer: lapin::Consumer,
+    /// Broadcast recipients: a second queue, its own channel and a smaller prefetch, so the
+    /// lane's prefetch stays available to ordinary replies.
+    bulk_ch: lapin::Channel,
+    bulk: lapin::Consumer,
+}
+
+/// How long a lane waits before trying again to consume after a failure on a live
+/// connection (e.g. its queue was deleted and is being declared again).
+const CONSUME_RETRY: Duration = Duration::from_secs(1);
+
+impl Consumers {
+    async fn open(ctx: &LaneCtx, conn: &Connection, tag: &str) -> anyhow::Result<Self> {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(ctx.cfg.broker.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = ch
+            .basic_consume(
+                ctx.account.queue().as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let bulk_ch = conn.create_channel().await?;
+        bulk_ch
+            .basic_qos(
+                ctx.cfg.broker.prefetch.min(BULK_PREFETCH),
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let bulk = bulk_ch
+            .basic_consume(
+                crate::broadcast::bulk_queue(&ctx.account.name)
+                    .as_str()
+                    .into(),
+                format!("{tag}-bulk").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            ch,
+            consumer,
+            bulk_ch,
+            bulk,
+        })
+    }
+
+    /// Open on the broker's current connection, waiting for one and retrying until it works
+    /// or `shutdown` fires.
+    async fn open_retrying(
+        ctx: &LaneCtx,
+        broker: &Broker,
+        tag: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        loop {
+            let (_, conn) = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                c = broker.connection() => c,
+            };
+            match Self::open(ctx, &conn, tag).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "lane cannot consume yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(CONSUME_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop deliveries, leave unacked ones to the channel close.
+    async fn cancel(&self, tag: &str) {
+        let _ = self
+            .bulk_ch
+            .basic_cancel(
+                format!("{tag}-bulk").as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await;
+        let _ = self
+            .ch
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await;
+    }
+
+    async fn close(&self) {
+        let _ = self.ch.close(200, "shutdown".into()).await;
+        let _ = self.bulk_ch.close(200, "shutdown".into()).await;
+    }
+}
+
 /// Consume the account's lane until `shutdown` fires; then stop consuming, give in-flight
 /// jobs `worker.shutdown_grace_secs` to finish, and return (unfinished ones are released to
-/// the broker when the channel closes).
+/// the broker when the channel closes). When the broker connection dies the lane consumes
+/// again on the next one ([`Broker`]); what it held is redelivered.
 pub async fn run(
     ctx: Arc<LaneCtx>,
-    conn: &Connection,
+    broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     ctx.parked
         .load(&ctx.store, &ctx.account.name)
         .await
         .map_err(|e| anyhow::anyhow!("lane {}: loading parked jobs: {e:#}", ctx.account.name))?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(ctx.cfg.broker.prefetch, BasicQosOptions::default())
-        .await?;
     let queue = ctx.account.queue();
     let tag = format!("wxdispatch-{}-{}", std::process::id(), ctx.account.name);
-    let mut consumer = ch
-        .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    // Broadcast recipients: a second queue, its own channel and a smaller prefetch, so the
-    // lane's prefetch stays available to ordinary replies.
-    let bulk_ch = conn.create_channel().await?;
-    bulk_ch
-        .basic_qos(
-            ctx.cfg.broker.prefetch.min(BULK_PREFETCH),
-            BasicQosOptions::default(),
-        )
-        .await?;
-    let bulk_tag = format!("{tag}-bulk");
-    let mut bulk = bulk_ch
-        .basic_consume(
-            crate::broadcast::bulk_queue(&ctx.account.name)
-                .as_str()
-                .into(),
-            bulk_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let Some(mut cons) = Consumers::open_retrying(&ctx, &broker, &tag, &shutdown).await else {
+        return Ok(());
+    };
     let refresher = {
         let ctx = ctx.clone();
         let sd = shutdown.clone();
@@ -358,7 +427,8 @@ pub async fn run(
 
     let sem = Arc::new(Semaphore::new(ctx.cfg.worker.concurrency));
     let tracker = TaskTracker::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    // (conversation, whether its job was handed back to the broker)
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, bool)>();
     // key present = a task runs for that conversation; the queue holds what waits behind it.
     let mut busy: HashMap<String, VecDeque<Pending>> = HashMap::new();
 
@@ -366,11 +436,27 @@ pub async fn run(
         let ctx = ctx.clone();
         let sem = sem.clone();
         let done = done_tx.clone();
+        let sd = shutdown.clone();
         tracker.spawn(async move {
-            if let Ok(_permit) = sem.acquire().await {
-                handle(ctx, p).await;
-            }
-            let _ = done.send(key);
+            let permit = tokio::select! {
+                biased;
+                // Not started when the shutdown came: the job stays unacked and goes back to
+                // the broker, in order, when the channel closes.
+                _ = sd.cancelled() => None,
+                p = sem.acquire() => p.ok(),
+            };
+            let requeued = match permit {
+                Some(_permit) => {
+                    REQUEUED
+                        .scope(std::cell::Cell::new(false), async move {
+                            handle(ctx, p).await;
+                            REQUEUED.with(std::cell::Cell::get)
+                        })
+                        .await
+                }
+                None => false,
+            };
+            let _ = done.send((key, requeued));
         });
     };
 
@@ -384,7 +470,16 @@ pub async fn run(
         let db_up = *db.borrow_and_update();
         tokio::select! {
             biased;
-            Some(key) = done_rx.recv() => {
+            Some((key, requeued)) = done_rx.recv() => {
+                if requeued {
+                    // The job went back to the broker: everything queued behind it in its
+                    // conversation goes back too, after it and in order, or a later job
+                    // would be sent before it.
+                    if let Some(q) = busy.remove(&key) {
+                        tokio::spawn(hand_back(q));
+                    }
+                    continue;
+                }
                 let next = busy.get_mut(&key).and_then(VecDeque::pop_front);
                 match next {
                     Some(p) => spawn(key, p),
@@ -400,16 +495,24 @@ pub async fn run(
                 }
             }
             _ = ctx.store.probe_until_up(), if !db_up => {}
-            d = consumer.next(), if db_up => match d {
-                None => break,
-                Some(Err(e)) => {
-                    warn!(account = %ctx.account.name, error = %e, "lane consumer error; waiting for recovery");
-                    if let Err(e) = ch.wait_for_recovery(e).await {
-                        metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
-                        return Err(anyhow::anyhow!("lane {}: {e}", ctx.account.name));
+            d = cons.consumer.next(), if db_up => match d {
+                None | Some(Err(_)) => {
+                    if let Some(Err(e)) = d {
+                        warn!(account = %ctx.account.name, error = %e, "lane consumer failed; consuming again on a new channel");
+                    } else {
+                        warn!(account = %ctx.account.name, "lane consumer cancelled by the broker; consuming again");
                     }
-                    info!(account = %ctx.account.name, "lane consumer recovered");
-                    // After a broker restart another process may hold the lane now.
+                    metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
+                    // Deliveries of the old channel still queued here are skipped (their
+                    // ackers are dead) and come again from the broker.
+                    cons.close().await;
+                    match Consumers::open_retrying(&ctx, &broker, &tag, &shutdown).await {
+                        Some(c) => cons = c,
+                        None => break,
+                    }
+                    metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(1.0);
+                    info!(account = %ctx.account.name, "lane consuming again");
+                    // Another process may have become the active consumer meanwhile.
                     active = false;
                 }
                 Some(Ok(delivery)) => {
@@ -430,13 +533,21 @@ pub async fn run(
                     }
                 }
             },
-            // Broadcast recipients, after ordinary replies (biased select).
-            d = bulk.next(), if db_up => match d {
-                None => break,
-                Some(Err(e)) => {
-                    warn!(account = %ctx.account.name, error = %e, "bulk consumer error; waiting for recovery");
-                    if let Err(e) = bulk_ch.wait_for_recovery(e).await {
-                        return Err(anyhow::anyhow!("lane {} (bulk): {e}", ctx.account.name));
+            // Broadcast recipients, after ordinary replies (biased select). A failure here
+            // also fails the main consumer (same connection), which reopens both; until
+            // then this arm stays quiet.
+            d = cons.bulk.next(), if db_up => match d {
+                None | Some(Err(_)) => {
+                    if cons.ch.status().connected() {
+                        warn!(account = %ctx.account.name, "bulk consumer stopped; consuming again");
+                        cons.close().await;
+                        match Consumers::open_retrying(&ctx, &broker, &tag, &shutdown).await {
+                            Some(c) => cons = c,
+                            None => break,
+                        }
+                        active = false;
+                    } else {
+                        tokio::time::sleep(CONSUME_RETRY).await;
                     }
                 }
                 Some(Ok(delivery)) => {
@@ -456,33 +567,24 @@ pub async fn run(
         }
     }
 
-    // Graceful stop: no new deliveries; finish what runs; queued ones go back to the broker.
+    // Graceful stop: no new deliveries; jobs already sending finish (within the grace period);
+    // everything else — queued behind a conversation, waiting for a permit, or unfinished
+    // when the grace period ends — stays unacked and goes back to the broker when the channel
+    // closes. One close returns them all in delivery order; nacking the queued ones one by
+    // one would not: RabbitMQ may hand those back before earlier deliveries that are returned
+    // by the close, and a conversation would then be sent out of order after a restart.
     refresher.abort();
-    let _ = bulk_ch
-        .basic_cancel(bulk_tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    let _ = ch
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
-    for (_, q) in busy.drain() {
-        for p in q {
-            let _ = p
-                .delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
-        }
+    cons.cancel(&tag).await;
+    let held: usize = busy.values().map(VecDeque::len).sum();
+    if held > 0 {
+        info!(account = %ctx.account.name, held, "queued jobs go back to the broker at close");
     }
     tracker.close();
     let grace = Duration::from_secs(ctx.cfg.worker.shutdown_grace_secs);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!(account = %ctx.account.name, "grace period over; releasing unfinished jobs to the broker");
     }
-    let _ = ch.close(200, "shutdown".into()).await;
-    let _ = bulk_ch.close(200, "shutdown".into()).await;
+    cons.close().await;
     metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
     info!(account = %ctx.account.name, "lane stopped");
     Ok(())
@@ -1193,7 +1295,36 @@ fn on_activation(ctx: &LaneCtx) {
     }
 }
 
+tokio::task_local! {
+    /// Set by [`requeue`] for the lane's consumer loop: this conversation's job went back to
+    /// the broker, so the jobs queued behind it must follow (see [`hand_back`]).
+    static REQUEUED: std::cell::Cell<bool>;
+}
+
+/// Give a conversation's queued jobs back to the broker, one after the other in delivery
+/// order, after the job ahead of them was requeued: the broker redelivers returned messages
+/// in the order they were returned (RabbitMQ 3.x quorum queues: before the rest of the
+/// queue), so the conversation keeps its order.
+async fn hand_back(q: VecDeque<Pending>) {
+    for p in q {
+        if let Err(e) = p
+            .delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+        {
+            warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+        }
+    }
+}
+
+/// Hand a message back to the broker (its outcome could not be recorded). The lane hands
+/// back the jobs queued behind it in its conversation as well, in order.
 async fn requeue(delivery: &Delivery) {
+    let _ = REQUEUED.try_with(|r| r.set(true));
     tokio::time::sleep(REQUEUE_DELAY).await;
     if let Err(e) = delivery
         .acker

@@ -21,6 +21,7 @@ pub const TOKEN_REFRESH_FAILURES: &str = "wxdispatch_token_refresh_failures_tota
 pub const DUPLICATES: &str = "wxdispatch_duplicate_jobs_total";
 pub const INFLIGHT: &str = "wxdispatch_jobs_in_flight";
 pub const DB_BATCH_ROWS: &str = "wxdispatch_db_batch_rows";
+pub const BROKER_RECONNECTS: &str = "wxdispatch_broker_reconnects_total";
 pub const LANE_CONSUMERS: &str = "wxdispatch_lane_consumer_active";
 pub const BROADCAST_PENDING: &str = "wxdispatch_broadcast_pending";
 pub const BROADCAST_RECIPIENTS: &str = "wxdispatch_broadcast_recipients_total";
@@ -81,6 +82,10 @@ fn describe() {
     );
     describe_gauge!(INFLIGHT, "Jobs being processed");
     describe_histogram!(DB_BATCH_ROWS, "Rows per batched database write");
+    describe_counter!(
+        BROKER_RECONNECTS,
+        "Times the worker lost its RabbitMQ connection and reconnected"
+    );
     describe_gauge!(
         LANE_CONSUMERS,
         "1 while this process consumes the account lane"

@@ -1,7 +1,7 @@
 //! `wxdispatch run`: wire the pieces together and keep them running.
 //!
 //! Start-up order: database (create if missing, migrate under an advisory lock) → broker
-//! (connect with auto-recovery, declare the topology) → one lane per account plus the
+//! (connect, declare the topology; [`Broker`] reconnects on its own) → one lane per account plus the
 //! unroutable consumer → the HTTP endpoints. Shutdown (SIGINT/SIGTERM or the handle) stops
 //! consuming, lets in-flight jobs finish within the grace period and releases the rest.
 
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{self, DeadHeaders, Publisher};
+use crate::broker::{self, Broker, DeadHeaders, Publisher};
 use crate::channel::{self, Platform};
 use crate::config::{Channel, Config};
 use crate::http;
@@ -36,12 +36,15 @@ pub struct Worker {
 impl Worker {
     pub async fn start(cfg: Config) -> anyhow::Result<Self> {
         let cfg = Arc::new(cfg);
+        // The metrics recorder first: anything counted before it exists is lost (a gettoken
+        // refusal at start-up, say).
+        let _ = http::metrics_handle();
         let store = Store::connect(&cfg).await?;
-        let conn = Arc::new(broker::connect(&cfg.broker.url, "wxdispatch-worker").await?);
-        broker::declare_topology(&conn, &cfg).await?;
-        let publisher = Publisher::new(&conn).await?;
-        let http_client = channel::http_client(&cfg)?;
         let shutdown = CancellationToken::new();
+        // Connects, declares the topology, and reconnects whenever the connection dies.
+        let broker = Broker::start(cfg.clone(), "wxdispatch-worker", shutdown.clone()).await?;
+        let publisher = broker.publisher().await?;
+        let http_client = channel::http_client(&cfg)?;
         let mut tasks = JoinSet::new();
         let mut lanes = Vec::new();
         for a in &cfg.accounts {
@@ -54,15 +57,12 @@ impl Worker {
                 publisher.clone(),
             ));
             lanes.push(ctx.clone());
-            let conn = conn.clone();
+            let broker = broker.clone();
             let sd = shutdown.clone();
-            tasks.spawn(async move { lane::run(ctx, &conn, sd).await });
+            tasks.spawn(async move { lane::run(ctx, broker, sd).await });
         }
         // Inbound: one sync_msg loop per WeCom account and open_kfid, woken by the callbacks.
-        let inbound = Arc::new(crate::sync::SyncHub::new(
-            &cfg,
-            Publisher::new(&conn).await?,
-        ));
+        let inbound = Arc::new(crate::sync::SyncHub::new(&cfg, broker.publisher().await?));
         for ctx in lanes.iter().filter(|l| l.account.channel == Channel::Wecom) {
             for kfid in &ctx.account.open_kfids {
                 let (ctx, hub, kfid) = (ctx.clone(), inbound.clone(), kfid.clone());
@@ -71,11 +71,11 @@ impl Worker {
             }
         }
         {
-            let conn = conn.clone();
+            let broker = broker.clone();
             let sd = shutdown.clone();
             let store = store.clone();
             let publisher = publisher.clone();
-            tasks.spawn(async move { unroutable(&conn, store, publisher, sd).await });
+            tasks.spawn(async move { unroutable(&broker, store, publisher, sd).await });
         }
         let http_addr = if cfg.http.listen.is_empty() {
             None
@@ -83,7 +83,7 @@ impl Worker {
             let state = http::AppState::new(
                 cfg.clone(),
                 store.clone(),
-                conn.clone(),
+                broker.clone(),
                 lanes.clone(),
                 inbound.clone(),
             );
@@ -157,16 +157,13 @@ impl Worker {
     }
 }
 
-/// Messages whose routing key names no account: dead-letter them as `unknown_account`.
-async fn unroutable(
-    conn: &lapin::Connection,
-    store: Store,
-    publisher: Publisher,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// Open the unroutable consumer on the broker's current connection.
+async fn consume_unroutable(broker: &Broker) -> anyhow::Result<(lapin::Channel, lapin::Consumer)> {
+    let (_, conn) = broker.connection().await;
     let ch = conn.create_channel().await?;
-    ch.basic_qos(64, BasicQosOptions::default()).await?;
-    let mut consumer = ch
+    ch.basic_qos(UNROUTABLE_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let consumer = ch
         .basic_consume(
             broker::UNROUTABLE.into(),
             format!("wxdispatch-unroutable-{}", std::process::id())
@@ -177,16 +174,54 @@ async fn unroutable(
         )
         .await
         .context("consuming wxdispatch.unroutable")?;
+    Ok((ch, consumer))
+}
+
+/// Unroutable messages are rare; a small prefetch is plenty.
+const UNROUTABLE_PREFETCH: u16 = 64;
+/// Pause before consuming again after the unroutable consumer failed.
+const UNROUTABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Messages whose routing key names no account: dead-letter them as `unknown_account`.
+async fn unroutable(
+    broker: &Broker,
+    store: Store,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut current: Option<(lapin::Channel, lapin::Consumer)> = None;
     loop {
+        let (_, consumer) = match &mut current {
+            Some(c) => c,
+            None => {
+                let opened = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    c = consume_unroutable(broker) => c,
+                };
+                match opened {
+                    Ok(c) => current.insert(c),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "cannot consume wxdispatch.unroutable yet; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(UNROUTABLE_RETRY) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
         let d = tokio::select! {
             _ = shutdown.cancelled() => break,
             d = consumer.next() => d,
         };
         let d = match d {
-            None => break,
             Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                ch.wait_for_recovery(e).await?;
+            // The connection died or the broker cancelled the consumer: consume again.
+            None | Some(Err(_)) => {
+                if let Some((ch, _)) = current.take() {
+                    let _ = ch.close(200, "reopening".into()).await;
+                }
                 continue;
             }
         };

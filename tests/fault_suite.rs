@@ -9,8 +9,8 @@
 //! | [`sigkill_three_times`] | the worker is SIGKILLed three times and restarted | nothing lost; duplicates only for jobs in flight at a kill |
 //! | [`two_workers_failover_and_rate`] | two workers, the active one is SIGKILLed | one active consumer per lane, failover, rate ≤ limit + burst in every second |
 //! | [`graceful_shutdown_under_load`] | SIGTERM with jobs in flight | exit 0 within the grace period, nothing lost, nothing sent twice |
-//! | [`tokens_single_flight_across_processes`] | 50 jobs in two processes hit an expired token at once | one `gettoken` |
-//! | [`gettoken_refusal_stops_the_account`] | `gettoken` answers 40001 (wrong secret) | one `gettoken`, an alert, other accounts unaffected |
+//! | [`tokens_single_flight_across_processes`] | an expired token, met by two processes one after the other, then by 50 requests in flight at once in both | one `gettoken` each time |
+//! | [`gettoken_refusal_alerts_without_hammering`] | `gettoken` answers 40001 (wrong secret) | one `gettoken` for 300 jobs, an alert (log + metric), other accounts unaffected |
 //!
 //! This is a separate test binary because it stops and starts the shared RabbitMQ and Postgres
 //! servers: cargo runs test binaries one after another, so no other test is disturbed. Inside
@@ -39,6 +39,7 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 use wxdispatch::broker;
 use wxdispatch::config::AccountConfig;
+use wxdispatch::simulate::gate::RATE_WINDOW_SLACK;
 use wxdispatch::simulate::{Accepted, Faults, SimOptions};
 
 use harness::{Env, chatbot_account, rabbitmqctl, wecom_account};
@@ -143,8 +144,8 @@ fn job_of(a: &Accepted) -> String {
 
 /// What the simulator saw, checked against the plan.
 struct Audit {
-    /// job id → acceptance seqs, in order.
-    by_job: HashMap<String, Vec<u64>>,
+    /// job id → (seq, unix ms) of its acceptances, in order.
+    by_job: HashMap<String, Vec<(u64, i64)>>,
     /// Jobs never accepted.
     missing: Vec<String>,
     /// (recipient, job, earlier-published job that arrived after it).
@@ -153,9 +154,9 @@ struct Audit {
 
 impl Audit {
     fn new(jobs: &[PlannedJob], accepted: &[Accepted]) -> Self {
-        let mut by_job: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut by_job: HashMap<String, Vec<(u64, i64)>> = HashMap::new();
         for a in accepted {
-            by_job.entry(job_of(a)).or_default().push(a.seq);
+            by_job.entry(job_of(a)).or_default().push((a.seq, a.at_ms));
         }
         let missing = jobs
             .iter()
@@ -166,7 +167,7 @@ impl Audit {
         let mut last: HashMap<(&str, &str), (u64, &str)> = HashMap::new();
         let mut order_violations = Vec::new();
         for j in jobs {
-            let Some(first) = by_job.get(&j.job_id).and_then(|s| s.first()) else {
+            let Some((first, _)) = by_job.get(&j.job_id).and_then(|s| s.first()) else {
                 continue;
             };
             let key = (j.account, j.to.as_str());
@@ -184,8 +185,8 @@ impl Audit {
         }
     }
 
-    /// Jobs accepted more than once, with their acceptance seqs.
-    fn duplicates(&self) -> Vec<(&String, &Vec<u64>)> {
+    /// Jobs accepted more than once, with their acceptances.
+    fn duplicates(&self) -> Vec<(&String, &Vec<(u64, i64)>)> {
         let mut d: Vec<_> = self.by_job.iter().filter(|(_, s)| s.len() > 1).collect();
         d.sort();
         d
@@ -322,7 +323,11 @@ impl WorkerProc {
         let child = Command::new(env!("CARGO_BIN_EXE_wxdispatch"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info,lapin=warn,sqlx=warn,hyper=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FAULT_SUITE_LOG")
+                    .unwrap_or_else(|_| "info,lapin=warn,sqlx=warn,hyper=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(out)
@@ -415,6 +420,22 @@ fn log_dir(scenario: &str) -> PathBuf {
 
 // ------------------------------------------------------------------ observing progress
 
+/// For a closer look after a failure: every acceptance (ms, account, seq, job) and the times of
+/// the scenario's events, next to the workers' logs.
+fn dump_accepted(dir: &Path, accepted: &[Accepted], events: &[(&str, i64)]) {
+    let csv: String = accepted
+        .iter()
+        .map(|a| format!("{},{},{},{}\n", a.at_ms, a.account, a.seq, job_of(a)))
+        .collect();
+    std::fs::write(dir.join("accepted.csv"), csv).unwrap();
+    let ev: String = events.iter().map(|(n, ms)| format!("{n} {ms}\n")).collect();
+    std::fs::write(dir.join("events.txt"), ev).unwrap();
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// Rows `sent`, or `None` while the database does not answer (during its restart).
 async fn sent(env: &Env) -> Option<i64> {
     let q = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries WHERE status = 'sent'")
@@ -491,33 +512,34 @@ async fn sent_ids(env: &Env) -> HashSet<String> {
         .collect()
 }
 
-fn max_seq(env: &Env) -> u64 {
-    env.sim()
-        .accepted()
-        .iter()
-        .map(|a| a.seq)
-        .max()
-        .unwrap_or(0)
-}
-
-/// A kill: the simulator's last seq and the jobs recorded `sent` at that moment.
+/// A kill: when it happened (Unix ms) and (a subset of) the jobs recorded `sent` by then.
 struct KillMark {
-    seq: u64,
+    at_ms: i64,
     sent: HashSet<String>,
 }
 
-/// Check duplicates against the documented window: a job is accepted twice only when a
-/// kill fell between its first acceptance and its record, i.e. its two acceptances straddle
-/// a kill and it was not recorded `sent` at that kill. Returns the number of such jobs.
-fn check_duplicates_in_window(audit: &Audit, kills: &[KillMark], bound: usize) -> usize {
+/// Check duplicates against the documented window: a job is accepted twice only when a kill
+/// fell between the platform's answer and the record, i.e. its first acceptance was in
+/// flight at a kill (accepted before it, or within `in_flight_ms` after it: a request sent
+/// just before the kill still arrives), its second came after that kill, and it was not
+/// recorded `sent` at the kill. Returns the number of such jobs.
+fn check_duplicates_in_window(
+    audit: &Audit,
+    kills: &[KillMark],
+    in_flight_ms: i64,
+    bound: usize,
+) -> usize {
     let dups = audit.duplicates();
-    for (id, seqs) in &dups {
-        assert!(seqs.len() <= 1 + kills.len(), "{id} accepted {seqs:?}");
-        for pair in seqs.windows(2) {
+    for (id, acc) in &dups {
+        assert!(acc.len() <= 1 + kills.len(), "{id} accepted {acc:?}");
+        for pair in acc.windows(2) {
+            let ((_, first), (_, again)) = (pair[0], pair[1]);
             let kill = kills
                 .iter()
-                .find(|k| pair[0] <= k.seq && pair[1] > k.seq)
-                .unwrap_or_else(|| panic!("{id}: re-sent without a kill in between ({seqs:?})"));
+                .find(|k| first <= k.at_ms + in_flight_ms && again >= k.at_ms)
+                .unwrap_or_else(|| {
+                    panic!("{id}: sent again without a kill in between (seq, ms) {acc:?}")
+                });
             assert!(
                 !kill.sent.contains(*id),
                 "{id} was recorded sent before the kill and still sent again"
@@ -533,6 +555,39 @@ fn check_duplicates_in_window(audit: &Audit, kills: &[KillMark], bound: usize) -
 }
 
 // ------------------------------------------------------------------ servers
+
+/// A TCP proxy to `upstream` that holds every chunk of the answer for `delay`: a slow
+/// platform. Returns its address; it serves until the test ends.
+async fn delaying_proxy(upstream: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_r, mut client_w) = client.into_split();
+                let (mut server_r, mut server_w) = server.into_split();
+                let requests = tokio::io::copy(&mut client_r, &mut server_w);
+                let answers = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = server_r.read(&mut buf).await?;
+                        if n == 0 {
+                            return std::io::Result::Ok(());
+                        }
+                        tokio::time::sleep(delay).await;
+                        client_w.write_all(&buf[..n]).await?;
+                    }
+                };
+                let _ = tokio::join!(requests, answers);
+            });
+        }
+    });
+    addr
+}
 
 async fn run_cmd(program: &str, args: &[&str]) {
     let out = tokio::process::Command::new(program)
@@ -621,8 +676,8 @@ fn active_lanes(vhost: &str) -> BTreeMap<String, u32> {
     out
 }
 
-/// The most requests one account had accepted in any one-second window.
-fn max_per_second(accepted: &[Accepted], account: &str) -> usize {
+/// The most requests one account had accepted in any window of `window_ms`.
+fn max_in_window(accepted: &[Accepted], account: &str, window_ms: i64) -> usize {
     let mut t: Vec<i64> = accepted
         .iter()
         .filter(|a| a.account == account)
@@ -631,7 +686,7 @@ fn max_per_second(accepted: &[Accepted], account: &str) -> usize {
     t.sort_unstable();
     let (mut best, mut lo) = (0, 0);
     for hi in 0..t.len() {
-        while t[hi] - t[lo] >= 1000 {
+        while t[hi] - t[lo] >= window_ms {
             lo += 1;
         }
         best = best.max(hi - lo + 1);
@@ -710,7 +765,7 @@ async fn platform_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_and_database_restarts() {
     let _serial = SERIAL.lock().await;
-    let env = Env::new(accounts, SimOptions::default()).await;
+    let mut env = Env::new(accounts, SimOptions::default()).await;
     let dir = log_dir("broker_and_database_restarts");
     let port = free_port();
     let cfg = write_config(
@@ -784,6 +839,10 @@ async fn broker_and_database_restarts() {
 
     wait_sent(&env, JOBS as i64, &mut [&mut w], DRAIN_TIMEOUT).await;
     let elapsed = t0.elapsed();
+    // The test's own connection did not survive the broker restarts.
+    env.conn = broker::connect(&env.cfg.broker.url, "wxdispatch-test")
+        .await
+        .unwrap();
     assert_all_sent(&env, JOBS).await;
     let audit = Audit::new(&jobs, &env.sim().accepted());
     audit.assert_complete_and_ordered(JOBS);
@@ -838,7 +897,7 @@ async fn sigkill_three_times() {
         .await;
         w.sigkill();
         kills.push(KillMark {
-            seq: max_seq(&env),
+            at_ms: now_ms(),
             sent: sent_ids(&env).await,
         });
         w.respawn();
@@ -851,7 +910,7 @@ async fn sigkill_three_times() {
     audit.assert_complete_and_ordered(JOBS);
     // In flight at a kill: at most `concurrency` requests per lane.
     let bound = kills.len() * ACCOUNTS.len() * opts.concurrency;
-    let dups = check_duplicates_in_window(&audit, &kills, bound);
+    let dups = check_duplicates_in_window(&audit, &kills, opts.http_timeout_ms as i64, bound);
     w.sigterm();
     assert!(w.child.wait().unwrap().success());
     println!(
@@ -925,11 +984,14 @@ async fn two_workers_failover_and_rate() {
         (&mut b, &mut a)
     };
     let killed_lanes = if n_a >= n_b { n_a } else { n_b };
+    // The survivor keeps recording, so the set of jobs recorded `sent` is taken just before
+    // the kill (a subset of what was recorded at the kill).
+    let sent_before = sent_ids(&env).await;
     victim.sigkill();
-    let kill_ms = chrono::Utc::now().timestamp_millis();
+    let kill_ms = now_ms();
     let kill = KillMark {
-        seq: max_seq(&env),
-        sent: sent_ids(&env).await,
+        at_ms: kill_ms,
+        sent: sent_before,
     };
     let failover =
         time_to_progress(&env, 200, &mut [&mut *survivor], Duration::from_secs(60)).await;
@@ -942,24 +1004,28 @@ async fn two_workers_failover_and_rate() {
     let elapsed = t0.elapsed();
     assert_all_sent(&env, JOBS).await;
     let accepted = env.sim().accepted();
-    // For a closer look: every acceptance (ms, account, seq, job) next to the workers' logs.
-    let csv: String = accepted
-        .iter()
-        .map(|a| format!("{},{},{},{}\n", a.at_ms, a.account, a.seq, job_of(a)))
-        .collect();
-    std::fs::write(dir.join("accepted.csv"), csv).unwrap();
-    std::fs::write(dir.join("kill.txt"), format!("{kill_ms}\n")).unwrap();
+    dump_accepted(&dir, &accepted, &[("kill", kill_ms)]);
     let audit = Audit::new(&jobs, &accepted);
     audit.assert_complete_and_ordered(JOBS);
-    let dups = check_duplicates_in_window(&audit, &[kill], ACCOUNTS.len() * opts.concurrency);
+    let dups = check_duplicates_in_window(
+        &audit,
+        &[kill],
+        opts.http_timeout_ms as i64,
+        ACCOUNTS.len() * opts.concurrency,
+    );
+    // A one-second window as the simulator judges it (and a platform has to): shortened by
+    // the allowance for network jitter, since the acceptance times are taken on arrival, not
+    // when the worker's limiter let the request go. The raw 1000 ms peak is reported too.
+    let judged_ms = 1000 - RATE_WINDOW_SLACK.as_millis() as i64;
     let mut peaks = Vec::new();
     for acc in ACCOUNTS {
-        let peak = max_per_second(&accepted, acc);
+        let peak = max_in_window(&accepted, acc, judged_ms);
+        let raw = max_in_window(&accepted, acc, 1000);
         assert!(
             peak <= (PER_SECOND + BURST) as usize,
-            "{acc}: {peak} requests in one second, limit {PER_SECOND}/s + burst {BURST}"
+            "{acc}: {peak} requests within {judged_ms} ms, limit {PER_SECOND}/s + burst {BURST}"
         );
-        peaks.push(format!("{acc} {peak}"));
+        peaks.push(format!("{acc} {peak} ({raw} in a raw 1000 ms window)"));
     }
     survivor.sigterm();
     assert!(survivor.child.wait().unwrap().success());
@@ -967,7 +1033,8 @@ async fn two_workers_failover_and_rate() {
         "fault suite: two_workers_failover_and_rate: {JOBS} jobs, lanes active before the kill \
          {n_a}/{n_b} (a/b), SIGKILL of the worker holding {killed_lanes} lane(s), sending again \
          {:.1}s later in the survivor, {dups} duplicate(s) (in flight at the kill), peak \
-         requests per 1 s window [{}] (limit {PER_SECOND}/s + burst {BURST}), all sent in {:.1}s",
+         requests per 1 s window less {RATE_WINDOW_SLACK:?} of jitter allowance [{}] (limit \
+         {PER_SECOND}/s + burst {BURST}), all sent in {:.1}s",
         failover.as_secs_f64(),
         peaks.join(", "),
         elapsed.as_secs_f64()
@@ -1016,6 +1083,7 @@ async fn graceful_shutdown_under_load() {
         .and_then(|l| l.split(' ').nth(1)?.parse().ok())
         .unwrap_or(0.0);
     let term = Instant::now();
+    let term_ms = now_ms();
     w.sigterm();
     let status = w.child.wait().unwrap();
     let took = term.elapsed();
@@ -1026,10 +1094,17 @@ async fn graceful_shutdown_under_load() {
         "took {took:?} to stop (grace {grace:?})"
     );
     let sent_at_stop = sent(&env).await.unwrap();
+    let restart_ms = now_ms();
     w.respawn();
     wait_sent(&env, N as i64, &mut [&mut w], DRAIN_TIMEOUT).await;
     assert_all_sent(&env, N).await;
-    let audit = Audit::new(&jobs, &env.sim().accepted());
+    let accepted = env.sim().accepted();
+    dump_accepted(
+        &dir,
+        &accepted,
+        &[("sigterm", term_ms), ("restart", restart_ms)],
+    );
+    let audit = Audit::new(&jobs, &accepted);
     audit.assert_complete_and_ordered(N);
     let dups = audit.duplicates();
     assert!(
@@ -1049,7 +1124,8 @@ async fn graceful_shutdown_under_load() {
     env.cleanup().await;
 }
 
-/// 50 jobs in two processes fail at once on an expired token: one `gettoken` between them.
+/// An expired token met by two processes: one `gettoken` between them, whether they meet it
+/// one after the other or with 50 requests in flight at once.
 ///
 /// The two processes consume different vhosts (so both are active senders for the same
 /// account at the same time; with one vhost single active consumer would let only one send)
@@ -1057,8 +1133,9 @@ async fn graceful_shutdown_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_single_flight_across_processes() {
     const PER_PROCESS: usize = 25;
+    const PLATFORM_DELAY: Duration = Duration::from_millis(300);
     let _serial = SERIAL.lock().await;
-    let env = Env::new(accounts, SimOptions::default()).await;
+    let mut env = Env::new(accounts, SimOptions::default()).await;
     let dir = log_dir("tokens_single_flight_across_processes");
     // A second vhost with the same topology.
     let vhost2 = format!("{}_b", env.vhost);
@@ -1069,6 +1146,10 @@ async fn tokens_single_flight_across_processes() {
     broker::declare_topology(&conn2, &env.cfg).await.unwrap();
     let pub2 = broker::Publisher::new(&conn2).await.unwrap();
 
+    // The workers reach `kf`'s platform through a proxy that delays every answer, so that a
+    // burst of requests is all in flight before the first answer comes back.
+    let proxy = delaying_proxy(env.sim.as_ref().unwrap().addr(), PLATFORM_DELAY).await;
+    env.cfg.accounts[1].base_url = Some(format!("http://{proxy}"));
     let opts = WorkerOpts::default();
     let (pa, pb) = (free_port(), free_port());
     let cfg_a = write_config(&env, &env.cfg.broker.url, &opts, pa, &dir.join("a.toml"));
@@ -1095,84 +1176,95 @@ async fn tokens_single_flight_across_processes() {
         1,
         "one gettoken for two processes"
     );
+    let expired = || {
+        env.sim()
+            .errcode_counts()
+            .get("kf:42001")
+            .copied()
+            .unwrap_or(0)
+    };
 
-    // The platform expires the token. Hold the claims (a table lock) until every job is in
-    // hand, so that the 50 requests go out together with the token each process has cached.
+    // Step 1, one after the other: the token expires; a's next job meets 42001 and
+    // refreshes (gettoken #2); b, still holding the old token in memory, meets 42001 too,
+    // invalidates only the generation it used (already replaced) and takes a's token from
+    // Postgres instead of calling gettoken.
     env.sim().expire_tokens();
-    let mut lock = env.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE deliveries IN SHARE MODE")
-        .execute(&mut *lock)
+    env.publish(
+        "kf",
+        &json!({"job_id": "seq-a", "to": "wmSeq", "message": {"text": "hi"}}),
+    )
+    .await;
+    wait_sent(&env, 3, &mut [&mut a, &mut b], Duration::from_secs(30)).await;
+    pub2.publish_job("kf", "seq-b", &job("seq-b".into(), "wmSeq".into()))
         .await
         .unwrap();
-    for i in 0..PER_PROCESS {
-        let (ia, ib) = (format!("tok-a{i}"), format!("tok-b{i}"));
-        env.publish(
-            "kf",
-            &json!({"job_id": ia, "to": format!("wmA{i}"), "message": {"text": "x"}}),
-        )
-        .await;
-        pub2.publish_job("kf", &ib, &job(ib.clone(), format!("wmB{i}")))
-            .await
-            .unwrap();
-    }
-    let t0 = Instant::now();
-    let ch2 = conn2.create_channel().await.unwrap();
-    loop {
-        let q2 = ch2
-            .queue_declare(
-                "wxdispatch.kf".into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        if env.queue_len("wxdispatch.kf").await == 0 && q2.message_count() == 0 {
-            break;
+    wait_sent(&env, 4, &mut [&mut a, &mut b], Duration::from_secs(30)).await;
+    assert_eq!(expired(), 2, "each process met the expired token once");
+    assert_eq!(
+        env.sim().gettoken_calls(&corpid),
+        2,
+        "the second process reused the first one's refresh"
+    );
+
+    // Step 2, all at once: the token expires again; 25 jobs per process, all sent with the
+    // token each process has cached before the first answer (delayed by the proxy) arrives.
+    let expired_before = expired();
+    env.sim().expire_tokens();
+    // Pipelined (confirms awaited at the end), so each worker gets its 25 in one burst.
+    let mut confirms = Vec::new();
+    for (prefix, ch) in [("a", env.publisher.channel()), ("b", pub2.channel())] {
+        for i in 0..PER_PROCESS {
+            let id = format!("tok-{prefix}{i}");
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(id.as_str().into())
+                .with_delivery_mode(2);
+            let body = job(id, format!("wm{prefix}{i}"));
+            let c = ch
+                .basic_publish(
+                    broker::EXCHANGE.into(),
+                    "kf".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await
+                .unwrap();
+            confirms.push(c);
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "jobs not taken by the workers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    lock.commit().await.unwrap();
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
     wait_sent(
         &env,
-        (2 + 2 * PER_PROCESS) as i64,
+        (4 + 2 * PER_PROCESS) as i64,
         &mut [&mut a, &mut b],
         Duration::from_secs(30),
     )
     .await;
-    let expired_answers = env
-        .sim()
-        .errcode_counts()
-        .get("kf:42001")
-        .copied()
-        .unwrap_or(0);
+    let expired_answers = expired() - expired_before;
     let calls = env.sim().gettoken_calls(&corpid);
     let generation: i64 =
         sqlx::query_scalar("SELECT generation FROM access_tokens WHERE account = 'kf'")
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    assert!(
-        expired_answers >= 2,
-        "both processes used the expired token ({expired_answers} × 42001)"
+    assert_eq!(
+        expired_answers,
+        (2 * PER_PROCESS) as u64,
+        "every job's first request used the expired token"
     );
-    assert_eq!(calls, 2, "{expired_answers} token failures, one refresh");
-    assert_eq!(generation, 2);
+    assert_eq!(calls, 3, "{expired_answers} token failures, one refresh");
+    assert_eq!(generation, 3);
     a.sigterm();
     b.sigterm();
     assert!(a.child.wait().unwrap().success());
     assert!(b.child.wait().unwrap().success());
     println!(
-        "fault suite: tokens_single_flight_across_processes: {} jobs in 2 processes, \
-         {expired_answers} answered 42001 with the expired token, 1 gettoken refresh \
-         (generation 1 → 2), all sent",
+        "fault suite: tokens_single_flight_across_processes: expired token met by one process \
+         then the other → 1 gettoken; then {} jobs at once in 2 processes, {expired_answers} \
+         concurrent 42001 answers → 1 gettoken; generation 1 → 3, all sent",
         2 * PER_PROCESS
     );
     drop((a, b));
@@ -1184,13 +1276,13 @@ async fn tokens_single_flight_across_processes() {
 /// `gettoken` refusing the secret (40001): one call, an alert, no hammering; other accounts
 /// keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gettoken_refusal_stops_the_account() {
+async fn gettoken_refusal_alerts_without_hammering() {
     const N: usize = 300;
     let _serial = SERIAL.lock().await;
     let mut env = Env::new(accounts, SimOptions::default()).await;
     // The worker's secret for `kf` is wrong; the simulator knows the right one.
     env.cfg.accounts[1].secret = wxdispatch::config::Secret::new("not-the-secret");
-    let dir = log_dir("gettoken_refusal_stops_the_account");
+    let dir = log_dir("gettoken_refusal_alerts_without_hammering");
     let port = free_port();
     let cfg = write_config(
         &env,
@@ -1232,9 +1324,8 @@ async fn gettoken_refusal_stops_the_account() {
     let corpid = env.cfg.accounts[1].corpid.clone().unwrap();
     let calls = env.sim().gettoken_calls(&corpid);
     let kf_accepted = env.sim().accepted_for("kf").len();
-    let alerts: f64 = w
-        .metrics()
-        .await
+    let metrics = w.metrics().await;
+    let alerts: f64 = metrics
         .lines()
         .filter(|l| {
             l.starts_with("wxdispatch_token_refresh_failures_total{") && l.contains("\"kf\"")
@@ -1253,7 +1344,14 @@ async fn gettoken_refusal_stops_the_account() {
         (1..=2).contains(&calls),
         "{calls} gettoken calls for {N} jobs: the refusal must not be retried per job"
     );
-    assert!(alerts >= 1.0, "token refresh failure metric");
+    assert!(
+        alerts >= 1.0,
+        "token refresh failure metric: {:?}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("token"))
+            .collect::<Vec<_>>()
+    );
     assert!(
         log.contains("gettoken refused"),
         "an error-level alert names the cause (see {})",
@@ -1262,7 +1360,7 @@ async fn gettoken_refusal_stops_the_account() {
     w.sigterm();
     assert!(w.child.wait().unwrap().success());
     println!(
-        "fault suite: gettoken_refusal_stops_the_account: {N} jobs for an account with a wrong \
+        "fault suite: gettoken_refusal_alerts_without_hammering: {N} jobs for an account with a wrong \
          secret → {calls} gettoken call(s), alert logged and counted, kf rows {kf_states:?}; the \
          other account sent all {N} meanwhile"
     );
