@@ -356,14 +356,30 @@ async fn status(cfg: Config, job_id: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let events = st.delivery_events(job_id).await?;
+    let mut events: Vec<(chrono::DateTime<chrono::Utc>, String, i32, Option<String>)> = st
+        .delivery_events(job_id)
+        .await?
+        .iter()
+        .map(|e| {
+            (
+                e.get("at"),
+                e.get("status"),
+                e.get("attempts"),
+                e.get("error"),
+            )
+        })
+        .collect();
+    // A send that succeeded at the first attempt has no event of its own (it is the common
+    // case, kept out of the history table): its time is the row's sent_at.
+    if let Ok(Some(sent_at)) = r.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("sent_at")
+        && !events.iter().any(|e| e.1 == "sent")
+    {
+        events.push((sent_at, "sent".into(), 1, None));
+        events.sort_by_key(|e| e.0);
+    }
     if !events.is_empty() {
         writeln!(out, "history")?;
-        for e in events {
-            let at: chrono::DateTime<chrono::Utc> = e.get("at");
-            let status: String = e.get("status");
-            let attempts: i32 = e.get("attempts");
-            let err: Option<String> = e.get("error");
+        for (at, status, attempts, err) in events {
             writeln!(
                 out,
                 "  {}  {:<10} after {} attempt(s){}",

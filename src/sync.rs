@@ -524,7 +524,7 @@ async fn apply_effects(
                 let jobs: Vec<String> = sqlx::query_scalar(
                     "WITH up AS (
                          UPDATE deliveries SET status = 'failed', error = $3, updated_at = now()
-                         WHERE account = $1 AND platform_msgid = $2 AND status = 'sent'
+                         WHERE job_id = $2 AND account = $1 AND platform_msgid = $2 AND status = 'sent'
                          RETURNING job_id, attempts
                      )
                      INSERT INTO delivery_events (job_id, status, attempts, error)
