@@ -310,7 +310,6 @@ struct Base {
     concurrency: usize,
     max_connections: u32,
     batch_max: usize,
-    batch_linger_ms: u64,
     exe: PathBuf,
     worker_wrapper: Option<String>,
     pg_custom_plans: bool,
@@ -330,7 +329,6 @@ impl Base {
             concurrency: args.concurrency.unwrap_or(cfg.worker.concurrency),
             max_connections: cfg.database.max_connections,
             batch_max: cfg.database.batch_max,
-            batch_linger_ms: cfg.database.batch_linger_ms,
             exe: std::env::current_exe().context("locating the wxdispatch binary")?,
             worker_wrapper: args.worker_wrapper.clone().filter(|w| !w.trim().is_empty()),
             pg_custom_plans: args.pg_custom_plans,
@@ -458,7 +456,6 @@ impl Scenario {
                     "url": url_with_path(&base.db_url, Some(&name)),
                     "max_connections": base.max_connections,
                     "batch_max": base.batch_max,
-                    "batch_linger_ms": base.batch_linger_ms,
                 },
                 "http": { "listen": format!("127.0.0.1:{}", free_port()?) },
                 "worker": {

@@ -102,8 +102,6 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Largest batch of status writes in one statement.
     pub batch_max: usize,
-    /// How long the writer waits to fill a batch once it has one row (milliseconds).
-    pub batch_linger_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -114,7 +112,6 @@ impl Default for DatabaseConfig {
             password_file: None,
             max_connections: 16,
             batch_max: 1000,
-            batch_linger_ms: 2,
         }
     }
 }
@@ -160,7 +157,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 128,
+            concurrency: 256,
             shutdown_grace_secs: 20,
             http_timeout_ms: 10_000,
             connect_timeout_ms: 3_000,

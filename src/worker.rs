@@ -38,7 +38,7 @@ impl Worker {
         let cfg = Arc::new(cfg);
         // The metrics recorder first: anything counted before it exists is lost (a gettoken
         // refusal at start-up, say).
-        let _ = http::metrics_handle();
+        let metrics = http::metrics_handle();
         let store = Store::connect(&cfg).await?;
         let shutdown = CancellationToken::new();
         // Connects, declares the topology, and reconnects whenever the connection dies.
@@ -76,6 +76,17 @@ impl Worker {
             let store = store.clone();
             let publisher = publisher.clone();
             tasks.spawn(async move { unroutable(&broker, store, publisher, sd).await });
+        }
+        if let Some(handle) = metrics {
+            // Histogram samples are kept raw until they are folded into their buckets; without
+            // this they pile up (one f64 per job per histogram) whenever nobody scrapes.
+            let sd = shutdown.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(METRICS_UPKEEP);
+                loop {
+                    tokio::select! { _ = tick.tick() => handle.run_upkeep(), _ = sd.cancelled() => return Ok(()) }
+                }
+            });
         }
         let http_addr = if cfg.http.listen.is_empty() {
             None
@@ -178,6 +189,8 @@ async fn consume_unroutable(broker: &Broker) -> anyhow::Result<(lapin::Channel, 
 }
 
 /// Unroutable messages are rare; a small prefetch is plenty.
+/// How often histogram samples are folded into their buckets (see `Worker::start`).
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
 const UNROUTABLE_PREFETCH: u16 = 64;
 /// Pause before consuming again after the unroutable consumer failed.
 const UNROUTABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
