@@ -222,7 +222,7 @@ impl Platform {
         &self,
         open_kfid: &str,
         external_userid: &str,
-    ) -> Result<(i64, Option<String>), CallResult> {
+    ) -> Result<(i64, Option<String>), (CallResult, Api)> {
         let Some(tokens) = &self.tokens else {
             return Ok((0, None));
         };
@@ -235,7 +235,7 @@ impl Platform {
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned),
             )),
-            ((other, _), _) => Err(other),
+            ((other, api), _) => Err((other, api)),
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -35,7 +35,7 @@ use crate::broker::{self, Broker, DeadHeaders, Publisher};
 use crate::channel::Platform;
 use crate::config::{AccountConfig, Channel, Config};
 use crate::job::{self, Gate, Job, JobError, JobKind};
-use crate::policy::{self, Action};
+use crate::policy::{self, Action, Api, CallResult};
 use crate::store::{Claim, ConvState, DeadLetter, DeliveryKey, Status, Store};
 use crate::telemetry as t;
 
@@ -67,6 +67,33 @@ pub struct LaneCtx {
     pub parked: Parked,
     /// Human-takeover state per conversation (see [`Gates`]).
     pub gates: Gates,
+    /// The lane's hot-path metric handles, registered once (a labelled `counter!` call
+    /// builds and hashes its key on every use).
+    m: LaneMetrics,
+}
+
+/// Metric handles every job touches.
+struct LaneMetrics {
+    consumed: metrics::Counter,
+    sent: metrics::Counter,
+    e2e: metrics::Histogram,
+    send_latency: metrics::Histogram,
+    rate_wait: metrics::Histogram,
+    inflight: metrics::Gauge,
+}
+
+impl LaneMetrics {
+    fn new(account: &AccountConfig) -> Self {
+        let a = account.name.clone();
+        Self {
+            consumed: metrics::counter!(t::JOBS_CONSUMED, "account" => a.clone()),
+            sent: metrics::counter!(t::DELIVERIES, "account" => a.clone(), "channel" => account.channel.as_str(), "outcome" => Status::Sent.as_str()),
+            e2e: metrics::histogram!(t::E2E_LATENCY, "account" => a.clone()),
+            send_latency: metrics::histogram!(t::SEND_LATENCY, "account" => a.clone()),
+            rate_wait: metrics::histogram!(t::RATE_WAIT, "account" => a),
+            inflight: metrics::gauge!(t::INFLIGHT),
+        }
+    }
 }
 
 impl LaneCtx {
@@ -91,7 +118,9 @@ impl LaneCtx {
             })
         });
         let pause = PauseGate::new(&account.name, &cfg);
+        let m = LaneMetrics::new(&account);
         Self {
+            m,
             account,
             cfg,
             platform,
@@ -520,7 +549,7 @@ pub async fn run(
                         active = true;
                         on_activation(&ctx);
                     }
-                    metrics::counter!(t::JOBS_CONSUMED, "account" => ctx.account.name.clone()).increment(1);
+                    ctx.m.consumed.increment(1);
                     let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
                     let p = Pending { delivery, job, bulk: false };
                     let key = conversation_key(&p);
@@ -551,7 +580,7 @@ pub async fn run(
                     }
                 }
                 Some(Ok(delivery)) => {
-                    metrics::counter!(t::JOBS_CONSUMED, "account" => ctx.account.name.clone()).increment(1);
+                    ctx.m.consumed.increment(1);
                     let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
                     let p = Pending { delivery, job, bulk: true };
                     let key = conversation_key(&p);
@@ -597,7 +626,7 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
     if !p.delivery.acker.usable() {
         return;
     }
-    metrics::gauge!(t::INFLIGHT).increment(1.0);
+    ctx.m.inflight.increment(1.0);
     let job = match p.job {
         Ok(j) => j,
         Err(e) => {
@@ -608,56 +637,45 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
                 attempts: 0,
             };
             finish(&ctx, &p.delivery, None, e.job_id.as_deref(), outcome).await;
-            metrics::gauge!(t::INFLIGHT).decrement(1.0);
+            ctx.m.inflight.decrement(1.0);
             return;
         }
     };
     let span = info_span!("job", job.id = %job.job_id, account = %ctx.account.name, kind = job.kind.as_str(), attempt = tracing::field::Empty, outcome = tracing::field::Empty);
     let published_ms = published_at_ms(&p.delivery.properties);
-    let inner = {
-        let ctx = ctx.clone();
-        let job = job.clone();
-        let parks = parks_of(&p.delivery.properties);
-        let bulk = p.bulk;
-        let broadcast_body =
-            matches!(job.kind, JobKind::Broadcast { .. }).then(|| p.delivery.data.clone());
-        tokio::spawn(
-            async move {
-                match broadcast_body {
-                    Some(body) => fan_out(&ctx, &job, &body).await,
-                    None => process(&ctx, &job, parks, bulk).await,
-                }
-            }
-            .instrument(span.clone()),
-        )
+    // Panics stay inside the job: it is dead-lettered as internal_error, the lane goes on.
+    let parks = parks_of(&p.delivery.properties);
+    let work = async {
+        match &job.kind {
+            JobKind::Broadcast { .. } => Box::pin(fan_out(&ctx, &job, &p.delivery.data)).await,
+            _ => process(&ctx, &job, parks, p.bulk).await,
+        }
     };
-    let outcome = match inner.await {
+    let outcome = match std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .instrument(span.clone())
+        .await
+    {
         Ok(o) => o,
-        Err(e) => {
-            let what = if e.is_panic() {
-                "handler panicked"
-            } else {
-                "handler cancelled"
-            };
-            tracing::error!(parent: &span, "{what}; dead-lettering as internal_error");
+        Err(_) => {
+            tracing::error!(parent: &span, "handler panicked; dead-lettering as internal_error");
             Outcome::Dead {
                 reason: "internal_error".into(),
                 errcode: None,
-                errmsg: Some(what.into()),
+                errmsg: Some("handler panicked".into()),
                 attempts: 0,
             }
         }
     };
     if let (Some(ms), Outcome::Sent { .. }) = (published_ms, &outcome) {
         let now = chrono::Utc::now().timestamp_millis();
-        metrics::histogram!(t::E2E_LATENCY, "account" => ctx.account.name.clone())
-            .record((now - ms).max(0) as f64 / 1000.0);
+        ctx.m.e2e.record((now - ms).max(0) as f64 / 1000.0);
     }
     span.record("outcome", tracing::field::debug(&outcome));
     finish(&ctx, &p.delivery, Some(&job), Some(&job.job_id), outcome)
         .instrument(span)
         .await;
-    metrics::gauge!(t::INFLIGHT).decrement(1.0);
+    ctx.m.inflight.decrement(1.0);
 }
 
 /// Publish time: header `x-wxdispatch-published-ms` (set by `wxdispatch send` and the
@@ -754,7 +772,7 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32, bulk: bool) -> Outcom
     }
     let budget_left = chrono::Duration::seconds(ctx.cfg.retry.total_budget_secs as i64)
         - (chrono::Utc::now() - first_attempt);
-    send_with_retries(ctx, job, attempts, parks, budget_left, bulk).await
+    send_with_retries(ctx, job, conv.as_ref(), attempts, parks, budget_left, bulk).await
 }
 
 /// WeCom allows replies only within 48 hours of the customer's last message…
@@ -762,9 +780,10 @@ pub const WECOM_WINDOW: chrono::Duration = chrono::Duration::hours(48);
 /// …and at most 5 of them in that window.
 pub const WECOM_WINDOW_QUOTA: i32 = 5;
 
-/// Before asking the platform: is a human serving the conversation (bot replies are
-/// suppressed), and does the WeCom allowance still permit a message? A job the platform would
-/// refuse anyway ends here, saving the customer's allowance for messages that can succeed.
+/// Before asking the platform: does the WeCom allowance still permit a message? A job the
+/// platform would refuse anyway ends here, saving the customer's allowance for messages that
+/// can succeed. (Whether a human serves is asked in [`send_with_retries`], which paces and
+/// retries that query like a send.)
 async fn check_conversation(
     ctx: &LaneCtx,
     job: &Job,
@@ -776,9 +795,6 @@ async fn check_conversation(
     }
     if expired(job) {
         return Some(Outcome::Expired { attempts });
-    }
-    if job.gate == Gate::Bot && ctx.gates.human_serving(ctx, job, conv).await {
-        return Some(Outcome::Suppressed { attempts });
     }
     if ctx.account.channel == Channel::Wecom
         && let Some(c) = conv
@@ -834,57 +850,49 @@ impl Gates {
         m.insert(conv.to_owned(), (Instant::now(), human));
     }
 
-    /// Whether a human serves `job`'s conversation. When the platform cannot tell us, the job
-    /// goes ahead: WeCom refuses a send to a human-served session itself (95018, which gates).
-    async fn human_serving(&self, ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) -> bool {
+    /// Whether a human serves `job`'s conversation, if known without asking the platform:
+    /// cached from an earlier answer, or (WeCom) a state stored recently by the sync loop.
+    fn known(&self, ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) -> Option<bool> {
         let ttl = Duration::from_secs(ctx.cfg.worker.gate_cache_secs);
-        let key = conversation_of(job);
-        if let Some(h) = self.cached(&key, ttl) {
-            return h;
+        if let Some(h) = self.cached(&conversation_of(job), ttl) {
+            return Some(h);
         }
+        if ctx.account.channel != Channel::Wecom {
+            return None;
+        }
+        let c = conv?;
+        let at = c.state_updated_at?;
+        let state = c.service_state?;
+        ((chrono::Utc::now() - at).to_std().unwrap_or_default() < ttl)
+            .then_some(matches!(state, 2 | 3))
+    }
+
+    /// Ask the platform who serves the conversation (WeCom service_state/get, chatbot
+    /// kefustate/get) and remember the answer. A failure is returned for the caller to judge
+    /// like a failed send; nothing is remembered then.
+    async fn query(&self, ctx: &LaneCtx, job: &Job) -> Result<bool, (CallResult, Api)> {
         let human = match ctx.account.channel {
             Channel::Wecom => {
-                // A state reported recently (a session_status_change event or an earlier query).
-                let fresh = conv.and_then(|c| {
-                    let at = c.state_updated_at?;
-                    let state = c.service_state?;
-                    ((chrono::Utc::now() - at).to_std().unwrap_or_default() < ttl).then_some(state)
-                });
-                let state = match fresh {
-                    Some(s) => Some(s),
-                    None => {
-                        let kfid = job.open_kfid.as_deref().unwrap_or("");
-                        match ctx.platform.wecom_service_state(kfid, &job.to).await {
-                            Ok((s, _)) => {
-                                let s = i32::try_from(s).unwrap_or(0);
-                                if let Err(e) = ctx
-                                    .store
-                                    .set_service_state(&ctx.account.name, kfid, &job.to, s)
-                                    .await
-                                {
-                                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
-                                }
-                                Some(s)
-                            }
-                            Err(res) => {
-                                tracing::debug!(account = %ctx.account.name, result = ?res, "service_state/get failed; sending ungated");
-                                None
-                            }
-                        }
-                    }
-                };
-                matches!(state, Some(2 | 3))
-            }
-            Channel::Chatbot => match ctx.platform.chatbot_human_serving(&job.to).await {
-                Ok(h) => h,
-                Err(res) => {
-                    tracing::debug!(account = %ctx.account.name, result = ?res, "kefustate/get failed; sending ungated");
-                    false
+                let kfid = job.open_kfid.as_deref().unwrap_or("");
+                let (s, _) = ctx.platform.wecom_service_state(kfid, &job.to).await?;
+                let s = i32::try_from(s).unwrap_or(0);
+                if let Err(e) = ctx
+                    .store
+                    .set_service_state(&ctx.account.name, kfid, &job.to, s)
+                    .await
+                {
+                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
                 }
-            },
+                matches!(s, 2 | 3)
+            }
+            Channel::Chatbot => ctx
+                .platform
+                .chatbot_human_serving(&job.to)
+                .await
+                .map_err(|r| (r, Api::Business))?,
         };
-        self.remember(&key, human);
-        human
+        self.remember(&conversation_of(job), human);
+        Ok(human)
     }
 
     /// A transfer job succeeded: the conversation's server is known without asking.
@@ -933,9 +941,22 @@ fn expired(job: &Job) -> bool {
     job.not_after.is_some_and(|t| chrono::Utc::now() > t)
 }
 
+/// Wait for the account's rate limiter (and, for a broadcast recipient, the broadcast share).
+async fn pace(ctx: &LaneCtx, bulk: bool) {
+    if let Some(l) = &ctx.limiter {
+        let t0 = Instant::now();
+        if bulk && let Some(b) = &ctx.bulk_limiter {
+            b.until_ready().await;
+        }
+        l.until_ready().await;
+        ctx.m.rate_wait.record(t0.elapsed().as_secs_f64());
+    }
+}
+
 async fn send_with_retries(
     ctx: &LaneCtx,
     job: &Job,
+    conv: Option<&ConvState>,
     mut attempts: i32,
     parks: u32,
     budget_left: chrono::Duration,
@@ -959,21 +980,40 @@ async fn send_with_retries(
             ctx.pause.release(probe);
             return Outcome::Expired { attempts };
         }
-        if let Some(l) = &ctx.limiter {
-            let t0 = Instant::now();
-            if bulk && let Some(b) = &ctx.bulk_limiter {
-                b.until_ready().await;
+        // gate "bot": is a human serving? Asking the platform is a call like any other: it
+        // waits for the rate limiter, and a failed query is retried (or pauses the account)
+        // exactly as a failed send would be; the job is never sent without the answer.
+        let mut gate_failed = None;
+        if job.gate == Gate::Bot && matches!(job.kind, JobKind::Send) {
+            let known = ctx.gates.known(ctx, job, conv);
+            let human = match known {
+                Some(h) => Ok(h),
+                None => {
+                    pace(ctx, bulk).await;
+                    ctx.gates.query(ctx, job).await
+                }
+            };
+            match human {
+                Ok(true) => {
+                    ctx.pause.release(probe);
+                    return Outcome::Suppressed { attempts };
+                }
+                Ok(false) => {}
+                Err(failed) => gate_failed = Some(failed),
             }
-            l.until_ready().await;
-            metrics::histogram!(t::RATE_WAIT, "account" => name.clone())
-                .record(t0.elapsed().as_secs_f64());
         }
         attempts += 1;
         tracing::Span::current().record("attempt", attempts);
-        let t0 = Instant::now();
-        let (res, api) = ctx.platform.execute(job).await;
-        metrics::histogram!(t::SEND_LATENCY, "account" => name.clone())
-            .record(t0.elapsed().as_secs_f64());
+        let (res, api) = match gate_failed {
+            Some(failed) => failed,
+            None => {
+                pace(ctx, bulk).await;
+                let t0 = Instant::now();
+                let r = ctx.platform.execute(job).await;
+                ctx.m.send_latency.record(t0.elapsed().as_secs_f64());
+                r
+            }
+        };
         let action = policy::classify(ctx.account.channel, api, &res);
         if let policy::CallResult::Errcode { code, msg } = &res {
             metrics::counter!(t::ERRCODES, "account" => name.clone(), "errcode" => code.to_string()).increment(1);
@@ -1256,7 +1296,11 @@ async fn finish(
             requeue(delivery).await;
             return;
         }
-        metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => status.as_str()).increment(1);
+        if status == Status::Sent {
+            ctx.m.sent.increment(1);
+        } else {
+            metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => status.as_str()).increment(1);
+        }
     } else if matches!(outcome, Outcome::Duplicate(_)) {
         metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "duplicate").increment(1);
     }

@@ -246,3 +246,43 @@ async fn transfers_event_replies_and_expiry() {
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gate_query_is_retried_never_sent_ungated() {
+    let env = env_with_fresh_gates().await;
+    let worker = env.start_worker().await;
+    let sim = env.sim();
+    // A human serves both conversations, and the platform fails the first two questions
+    // about it (system busy). The jobs must wait for an answer, not go out ungated.
+    sim.set_kefustate("bot", "oG", true);
+    sim.set_service_state("kf", "wkKF1", "wmG", 3, Some("alice"));
+    assert!(sim.script_api("bot", "kefustate_get", vec![-1, -1]));
+    assert!(sim.script_api("kf", "service_state_get", vec![-1, -1]));
+    let job = |id: &str, to: &str| json!({"job_id": id, "to": to, "message": {"text": id}});
+    assert_eq!(
+        send_and_wait(&env, "bot", job("gq1", "oG"), 1).await,
+        "suppressed"
+    );
+    assert_eq!(
+        send_and_wait(&env, "kf", job("gq2", "wmG"), 2).await,
+        "suppressed"
+    );
+    let sends = sim
+        .accepted()
+        .iter()
+        .filter(|a| a.api == "send_msg" || a.api == "sendmsg")
+        .count();
+    assert_eq!(
+        sends, 0,
+        "nothing reached the platform while a human served"
+    );
+    // the failed questions were retried: each job went through two failed attempts
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM deliveries WHERE job_id IN ('gq1', 'gq2')")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, vec![2, 2]);
+    worker.stop().await.unwrap();
+    env.cleanup().await;
+}
