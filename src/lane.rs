@@ -62,6 +62,10 @@ pub struct LaneCtx {
     pub limiter: Option<DefaultDirectRateLimiter>,
     /// Broadcast jobs also draw from this one: `worker.broadcast_share` of the rate.
     pub bulk_limiter: Option<DefaultDirectRateLimiter>,
+    /// Who-serves queries (kefustate/get, service_state/get) draw from this one, at the
+    /// account's rate: the platforms limit each API separately, so they do not take sends'
+    /// capacity, and cannot hammer the platform either.
+    pub query_limiter: Option<DefaultDirectRateLimiter>,
     pub pause: PauseGate,
     /// Conversations with jobs parked in a delay tier (see [`Parked`]).
     pub parked: Parked,
@@ -104,10 +108,14 @@ impl LaneCtx {
         store: Store,
         publisher: Publisher,
     ) -> Self {
-        let limiter = account.rate.period().and_then(|p| {
-            let burst = NonZeroU32::new(account.rate.burst()).unwrap_or(NonZeroU32::MIN);
-            Quota::with_period(p).map(|q| RateLimiter::direct(q.allow_burst(burst)))
-        });
+        let account_limiter = || {
+            account.rate.period().and_then(|p| {
+                let burst = NonZeroU32::new(account.rate.burst()).unwrap_or(NonZeroU32::MIN);
+                Quota::with_period(p).map(|q| RateLimiter::direct(q.allow_burst(burst)))
+            })
+        };
+        let limiter = account_limiter();
+        let query_limiter = account_limiter();
         let share = cfg.worker.broadcast_share.clamp(0.01, 1.0);
         let bulk_limiter = account.rate.period().and_then(|p| {
             let burst = ((f64::from(account.rate.burst()) * share) as u32).max(1);
@@ -128,6 +136,7 @@ impl LaneCtx {
             publisher,
             limiter,
             bulk_limiter,
+            query_limiter,
             pause,
             parked: Parked::default(),
             gates: Gates::default(),
@@ -980,16 +989,18 @@ async fn send_with_retries(
             ctx.pause.release(probe);
             return Outcome::Expired { attempts };
         }
-        // gate "bot": is a human serving? Asking the platform is a call like any other: it
-        // waits for the rate limiter, and a failed query is retried (or pauses the account)
-        // exactly as a failed send would be; the job is never sent without the answer.
+        // gate "bot": is a human serving? Asking the platform is paced (its own limiter at
+        // the account's rate), and a failed query is retried (or pauses the account) exactly
+        // as a failed send would be; the job is never sent without the answer.
         let mut gate_failed = None;
         if job.gate == Gate::Bot && matches!(job.kind, JobKind::Send) {
             let known = ctx.gates.known(ctx, job, conv);
             let human = match known {
                 Some(h) => Ok(h),
                 None => {
-                    pace(ctx, bulk).await;
+                    if let Some(l) = &ctx.query_limiter {
+                        l.until_ready().await;
+                    }
                     ctx.gates.query(ctx, job).await
                 }
             };
