@@ -518,6 +518,40 @@ pub struct BatchOutcome<T: Serialize> {
     pub error: Option<KfError>,
 }
 
+/// Call the platform for `ids` in chunks of `size`, one call per chunk, in order: `call`
+/// makes the request for a chunk, `merge` adds its answer to the outcome. The first failed
+/// call ends the run; the ids of the chunks after it are reported as `not_attempted`.
+async fn in_batches<T, R, Fut>(
+    ids: &[String],
+    size: usize,
+    mut call: impl FnMut(&[String]) -> Fut,
+    mut merge: impl FnMut(&mut T, &[String], R),
+) -> BatchOutcome<T>
+where
+    T: Serialize + Default,
+    Fut: std::future::Future<Output = Result<R, KfError>>,
+{
+    let mut out = BatchOutcome {
+        calls: 0,
+        done: T::default(),
+        not_attempted: Vec::new(),
+        error: None,
+    };
+    let mut chunks = ids.chunks(size);
+    for chunk in chunks.by_ref() {
+        out.calls += 1;
+        match call(chunk).await {
+            Ok(answer) => merge(&mut out.done, chunk, answer),
+            Err(e) => {
+                out.error = Some(e);
+                break;
+            }
+        }
+    }
+    out.not_attempted = chunks.flatten().cloned().collect();
+    out
+}
+
 impl<T: Serialize> BatchOutcome<T> {
     /// The failed call's error as JSON (`{api, errcode?, errmsg}`), for `--json`.
     fn error_json(&self) -> Option<Value> {
@@ -803,41 +837,34 @@ impl KfClient {
     ) -> Result<BatchOutcome<ServicerResults>, KfError> {
         validate_open_kfid(open_kfid)?;
         let ids = validate_ids("userid", userids, validate_userid)?;
-        let mut out = BatchOutcome {
-            calls: 0,
-            done: ServicerResults::default(),
-            not_attempted: Vec::new(),
-            error: None,
-        };
-        let mut chunks = ids.chunks(SERVICER_BATCH);
-        for chunk in chunks.by_ref() {
-            out.calls += 1;
-            let body = json!({"open_kfid": open_kfid, "userid_list": chunk});
-            let answered = self
-                .post(api, &body)
-                .await
-                .and_then(|v| field::<Vec<UserResult>>(api, &v, "result_list"));
-            match answered {
-                Ok(mut list) => {
-                    // Every userid sent gets a line, even one the platform left out.
-                    let answered: HashSet<String> = list.iter().map(|r| r.userid.clone()).collect();
-                    list.extend(chunk.iter().filter(|u| !answered.contains(*u)).map(|u| {
-                        UserResult {
+        Ok(in_batches(
+            &ids,
+            SERVICER_BATCH,
+            |chunk: &[String]| {
+                let body = json!({"open_kfid": open_kfid, "userid_list": chunk});
+                async move {
+                    self.post(api, &body)
+                        .await
+                        .and_then(|v| field::<Vec<UserResult>>(api, &v, "result_list"))
+                }
+            },
+            |done: &mut ServicerResults, chunk, mut list| {
+                // Every userid sent gets a line, even one the platform left out.
+                let answered: HashSet<String> = list.iter().map(|r| r.userid.clone()).collect();
+                list.extend(
+                    chunk
+                        .iter()
+                        .filter(|u| !answered.contains(*u))
+                        .map(|u| UserResult {
                             userid: u.clone(),
                             errcode: -1,
                             errmsg: "no result returned for this userid".into(),
-                        }
-                    }));
-                    out.done.result_list.extend(list);
-                }
-                Err(e) => {
-                    out.error = Some(e);
-                    break;
-                }
-            }
-        }
-        out.not_attempted = chunks.flatten().cloned().collect();
-        Ok(out)
+                        }),
+                );
+                done.result_list.extend(list);
+            },
+        )
+        .await)
     }
 
     /// `kf/customer/batchget` in batches of [`CUSTOMER_BATCH`] (95159);
@@ -853,38 +880,28 @@ impl KfClient {
             external_userids,
             validate_external_userid,
         )?;
-        let mut out = BatchOutcome {
-            calls: 0,
-            done: Customers::default(),
-            not_attempted: Vec::new(),
-            error: None,
-        };
-        let mut chunks = ids.chunks(CUSTOMER_BATCH);
-        for chunk in chunks.by_ref() {
-            out.calls += 1;
-            let mut body = json!({"external_userid_list": chunk});
-            if with_context {
-                body["need_enter_session_context"] = json!(1);
-            }
-            let answered = self.post(API, &body).await.and_then(|v| {
-                Ok((
-                    field::<Vec<Customer>>(API, &v, "customer_list")?,
-                    field::<Vec<String>>(API, &v, "invalid_external_userid")?,
-                ))
-            });
-            match answered {
-                Ok((found, bad)) => {
-                    out.done.customer_list.extend(found);
-                    out.done.invalid_external_userid.extend(bad);
+        Ok(in_batches(
+            &ids,
+            CUSTOMER_BATCH,
+            |chunk: &[String]| {
+                let mut body = json!({"external_userid_list": chunk});
+                if with_context {
+                    body["need_enter_session_context"] = json!(1);
                 }
-                Err(e) => {
-                    out.error = Some(e);
-                    break;
+                async move {
+                    let v = self.post(API, &body).await?;
+                    Ok((
+                        field::<Vec<Customer>>(API, &v, "customer_list")?,
+                        field::<Vec<String>>(API, &v, "invalid_external_userid")?,
+                    ))
                 }
-            }
-        }
-        out.not_attempted = chunks.flatten().cloned().collect();
-        Ok(out)
+            },
+            |done: &mut Customers, _, (found, bad)| {
+                done.customer_list.extend(found);
+                done.invalid_external_userid.extend(bad);
+            },
+        )
+        .await)
     }
 
     /// `kf/service_state/get` `{open_kfid, external_userid}` → `service_state`,

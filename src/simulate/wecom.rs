@@ -517,29 +517,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transitions() {
-        let allowed = [
-            (0, 1),
-            (0, 2),
-            (0, 3),
-            (1, 2),
-            (1, 3),
-            (2, 3),
-            (3, 3),
-            (3, 4),
-        ];
-        for from in 0..=4 {
-            for to in 0..=4 {
-                assert_eq!(
-                    transition_allowed(from, to),
-                    allowed.contains(&(from, to)),
-                    "{from}->{to}"
-                );
-            }
-        }
-    }
-
-    #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let c = encode_cursor(7, 1234);
         assert_eq!(decode_cursor(&c, 7), Ok(Some(1234)));
