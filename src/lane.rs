@@ -558,16 +558,8 @@ pub async fn run(
                         active = true;
                         on_activation(&ctx);
                     }
-                    ctx.m.consumed.increment(1);
-                    let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
-                    let p = Pending { delivery, job, bulk: false };
-                    let key = conversation_key(&p);
-                    match busy.get_mut(&key) {
-                        Some(q) => q.push_back(p),
-                        None => {
-                            busy.insert(key.clone(), VecDeque::new());
-                            spawn(key, p);
-                        }
+                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, false) {
+                        spawn(key, p);
                     }
                 }
             },
@@ -589,16 +581,8 @@ pub async fn run(
                     }
                 }
                 Some(Ok(delivery)) => {
-                    ctx.m.consumed.increment(1);
-                    let job = job::parse(&delivery.data, delivery.properties.message_id().as_ref().map(|s| s.as_str()), &ctx.account, ctx.cfg.worker.max_body_bytes);
-                    let p = Pending { delivery, job, bulk: true };
-                    let key = conversation_key(&p);
-                    match busy.get_mut(&key) {
-                        Some(q) => q.push_back(p),
-                        None => {
-                            busy.insert(key.clone(), VecDeque::new());
-                            spawn(key, p);
-                        }
+                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, true) {
+                        spawn(key, p);
                     }
                 }
             },
@@ -626,6 +610,44 @@ pub async fn run(
     metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(0.0);
     info!(account = %ctx.account.name, "lane stopped");
     Ok(())
+}
+
+/// Parse a delivery and queue it behind its conversation. Returns it with its conversation
+/// key when nothing of that conversation is running: the caller starts it now.
+fn enqueue(
+    ctx: &LaneCtx,
+    busy: &mut HashMap<String, VecDeque<Pending>>,
+    delivery: Delivery,
+    bulk: bool,
+) -> Option<(String, Pending)> {
+    ctx.m.consumed.increment(1);
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str());
+    let job = job::parse(
+        &delivery.data,
+        message_id,
+        &ctx.account,
+        ctx.cfg.worker.max_body_bytes,
+    );
+    let p = Pending {
+        delivery,
+        job,
+        bulk,
+    };
+    let key = conversation_key(&p);
+    match busy.get_mut(&key) {
+        Some(q) => {
+            q.push_back(p);
+            None
+        }
+        None => {
+            busy.insert(key.clone(), VecDeque::new());
+            Some((key, p))
+        }
+    }
 }
 
 /// Run one job with panic containment, then finish it.
