@@ -42,7 +42,9 @@ pub fn http_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
 
 /// POST/GET and read `{errcode, errmsg, ...}`. The error string never contains the URL.
 async fn call_json(req: reqwest::RequestBuilder) -> (CallResult, Value) {
-    let resp = match req.send().await {
+    // Boxed: reqwest's request future is large, and it would be moved with every future
+    // that awaits this one.
+    let resp = match Box::pin(req.send()).await {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -292,7 +294,7 @@ impl Platform {
                 && policy::classify(Channel::Wecom, Api::Business, &res) == Action::RefreshToken
             {
                 refreshed = true;
-                tokens.invalidate(tok.generation).await;
+                Box::pin(tokens.invalidate(tok.generation)).await;
                 continue;
             }
             return ((res, Api::Business), v);
@@ -332,6 +334,12 @@ impl TokenManager {
         if let Some(t) = self.cached() {
             return Ok(t);
         }
+        // Boxed: the refresh is rare and its state is large; every send's future would
+        // otherwise carry (and move) it.
+        Box::pin(self.refresh()).await
+    }
+
+    async fn refresh(&self) -> Result<StoredToken, CallResult> {
         let _one = self.refresh.lock().await;
         if let Some(t) = self.cached() {
             return Ok(t);

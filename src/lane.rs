@@ -485,12 +485,13 @@ pub async fn run(
             };
             let requeued = match permit {
                 Some(_permit) => {
-                    REQUEUED
-                        .scope(std::cell::Cell::new(false), async move {
-                            handle(ctx, p).await;
-                            REQUEUED.with(std::cell::Cell::get)
-                        })
-                        .await
+                    // Boxed: the job's future is kilobytes; spawned by value it would be
+                    // copied into the task and again when the task finishes.
+                    Box::pin(REQUEUED.scope(std::cell::Cell::new(false), async move {
+                        handle(ctx, p).await;
+                        REQUEUED.with(std::cell::Cell::get)
+                    }))
+                    .await
                 }
                 None => false,
             };
@@ -1023,7 +1024,7 @@ async fn send_with_retries(
                     if let Some(l) = &ctx.query_limiter {
                         l.until_ready().await;
                     }
-                    ctx.gates.query(ctx, job).await
+                    Box::pin(ctx.gates.query(ctx, job)).await
                 }
             };
             match human {
@@ -1214,10 +1215,14 @@ async fn finish(
                 account: name,
                 attempts: *attempts,
             };
-            if let Err(e) = ctx
-                .publisher
-                .dead_letter(&delivery.data, &delivery.properties, &headers)
-                .await
+            // The rare branches' futures are boxed: the common path (a send recorded and
+            // acked) then does not carry and move their state.
+            if let Err(e) = Box::pin(ctx.publisher.dead_letter(
+                &delivery.data,
+                &delivery.properties,
+                &headers,
+            ))
+            .await
             {
                 warn!(account = %name, error = %e, "dead-letter publish failed; message goes back to the queue");
                 requeue(delivery).await;
@@ -1234,7 +1239,7 @@ async fn finish(
                 attempts: *attempts,
                 body: delivery.data.clone(),
             };
-            if let Err(e) = ctx.store.record_dead_letter(&dl).await {
+            if let Err(e) = Box::pin(ctx.store.record_dead_letter(&dl)).await {
                 warn!(account = %name, error = %e, "dead letter not recorded in Postgres; message goes back to the queue");
                 requeue(delivery).await;
                 return;
@@ -1284,12 +1289,12 @@ async fn finish(
                 None,
             );
             let conv = conversation_of(j);
-            let recorded = async {
+            let recorded = Box::pin(async {
                 ctx.store.record(row).await?;
                 ctx.parked
                     .park(&ctx.store, name, &conv, &j.job_id, *tier_secs)
                     .await
-            }
+            })
             .await;
             if let Err(e) = recorded {
                 warn!(account = %name, error = %format!("{e:#}"), "parking not recorded; message goes back to the queue");
@@ -1303,10 +1308,8 @@ async fn finish(
             );
             let props = delivery.properties.clone().with_headers(headers);
             let tier = broker::retry_tier(*tier_secs);
-            if let Err(e) = ctx
-                .publisher
-                .publish(&tier, name, &delivery.data, props)
-                .await
+            if let Err(e) =
+                Box::pin(ctx.publisher.publish(&tier, name, &delivery.data, props)).await
             {
                 warn!(account = %name, error = %e, "publish to the delay tier failed; message goes back to the queue");
                 requeue(delivery).await;
