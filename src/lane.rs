@@ -21,9 +21,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -31,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::acks::Acks;
 use crate::broker::{self, Broker, DeadHeaders, Publisher};
 use crate::channel::Platform;
 use crate::config::{AccountConfig, Channel, Config};
@@ -190,6 +189,8 @@ pub enum Outcome {
 /// A delivery waiting for its conversation.
 struct Pending {
     delivery: Delivery,
+    /// The ack batch of the channel the delivery came on.
+    acks: Arc<Acks>,
     job: Result<Job, JobError>,
     /// From the bulk queue (a broadcast's recipient): rate-limited to the broadcast share.
     bulk: bool,
@@ -337,6 +338,9 @@ struct Consumers {
     /// lane's prefetch stays available to ordinary replies.
     bulk_ch: lapin::Channel,
     bulk: lapin::Consumer,
+    /// Each channel's acks, coalesced ([`crate::acks`]).
+    acks: Arc<Acks>,
+    bulk_acks: Arc<Acks>,
 }
 
 /// How long a lane waits before trying again to consume after a failure on a live
@@ -378,6 +382,8 @@ impl Consumers {
             consumer,
             bulk_ch,
             bulk,
+            acks: Acks::start(ctx.account.name.clone()),
+            bulk_acks: Acks::start(format!("{} (bulk)", ctx.account.name)),
         })
     }
 
@@ -422,7 +428,10 @@ impl Consumers {
             .await;
     }
 
+    /// Ack what is settled, then close both channels (unacked deliveries go back).
     async fn close(&self) {
+        self.acks.close().await;
+        self.bulk_acks.close().await;
         let _ = self.ch.close(200, "shutdown".into()).await;
         let _ = self.bulk_ch.close(200, "shutdown".into()).await;
     }
@@ -559,7 +568,7 @@ pub async fn run(
                         active = true;
                         on_activation(&ctx);
                     }
-                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, false) {
+                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, &cons.acks, false) {
                         spawn(key, p);
                     }
                 }
@@ -582,7 +591,7 @@ pub async fn run(
                     }
                 }
                 Some(Ok(delivery)) => {
-                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, true) {
+                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, &cons.bulk_acks, true) {
                         spawn(key, p);
                     }
                 }
@@ -619,9 +628,11 @@ fn enqueue(
     ctx: &LaneCtx,
     busy: &mut HashMap<String, VecDeque<Pending>>,
     delivery: Delivery,
+    acks: &Arc<Acks>,
     bulk: bool,
 ) -> Option<(String, Pending)> {
     ctx.m.consumed.increment(1);
+    acks.delivered(delivery.delivery_tag);
     let message_id = delivery
         .properties
         .message_id()
@@ -635,6 +646,7 @@ fn enqueue(
     );
     let p = Pending {
         delivery,
+        acks: acks.clone(),
         job,
         bulk,
     };
@@ -668,7 +680,15 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
                 errmsg: Some(e.detail.clone()),
                 attempts: 0,
             };
-            finish(&ctx, &p.delivery, None, e.job_id.as_deref(), outcome).await;
+            finish(
+                &ctx,
+                &p.delivery,
+                &p.acks,
+                None,
+                e.job_id.as_deref(),
+                outcome,
+            )
+            .await;
             ctx.m.inflight.decrement(1.0);
             return;
         }
@@ -704,9 +724,16 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
         ctx.m.e2e.record((now - ms).max(0) as f64 / 1000.0);
     }
     span.record("outcome", tracing::field::debug(&outcome));
-    finish(&ctx, &p.delivery, Some(&job), Some(&job.job_id), outcome)
-        .instrument(span)
-        .await;
+    finish(
+        &ctx,
+        &p.delivery,
+        &p.acks,
+        Some(&job),
+        Some(&job.job_id),
+        outcome,
+    )
+    .instrument(span)
+    .await;
     ctx.m.inflight.decrement(1.0);
 }
 
@@ -1149,6 +1176,7 @@ async fn send_with_retries(
 async fn finish(
     ctx: &LaneCtx,
     delivery: &Delivery,
+    acks: &Acks,
     job: Option<&Job>,
     job_id: Option<&str>,
     outcome: Outcome,
@@ -1225,7 +1253,7 @@ async fn finish(
             .await
             {
                 warn!(account = %name, error = %e, "dead-letter publish failed; message goes back to the queue");
-                requeue(delivery).await;
+                requeue(delivery, acks).await;
                 return;
             }
             metrics::counter!(t::DEAD_LETTERS, "account" => name.clone(), "reason" => reason.clone()).increment(1);
@@ -1241,7 +1269,7 @@ async fn finish(
             };
             if let Err(e) = Box::pin(ctx.store.record_dead_letter(&dl)).await {
                 warn!(account = %name, error = %e, "dead letter not recorded in Postgres; message goes back to the queue");
-                requeue(delivery).await;
+                requeue(delivery, acks).await;
                 return;
             }
             let error = match errmsg {
@@ -1252,9 +1280,7 @@ async fn finish(
         }
         Outcome::FannedOut { recipients } => {
             tracing::debug!(account = %name, job.id = job_id.unwrap_or("-"), recipients, "broadcast fanned out");
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                warn!(account = %name, error = %e, "ack failed after the fan-out (a redelivery is a no-op)");
-            }
+            acks.settled(delivery.delivery_tag, &delivery.acker);
             return;
         }
         Outcome::Duplicate(s) => {
@@ -1264,7 +1290,7 @@ async fn finish(
         }
         Outcome::Requeue { why } => {
             warn!(account = %name, job.id = job_id.unwrap_or("-"), %why, "giving the message back to the broker");
-            requeue(delivery).await;
+            requeue(delivery, acks).await;
             return;
         }
         Outcome::Park {
@@ -1276,7 +1302,7 @@ async fn finish(
             error,
         } => {
             let Some(j) = job else {
-                requeue(delivery).await;
+                requeue(delivery, acks).await;
                 return;
             };
             // Record first (row + conversation order), then hand the message to the tier,
@@ -1298,7 +1324,7 @@ async fn finish(
             .await;
             if let Err(e) = recorded {
                 warn!(account = %name, error = %format!("{e:#}"), "parking not recorded; message goes back to the queue");
-                requeue(delivery).await;
+                requeue(delivery, acks).await;
                 return;
             }
             let mut headers = delivery.properties.headers().clone().unwrap_or_default();
@@ -1312,16 +1338,14 @@ async fn finish(
                 Box::pin(ctx.publisher.publish(&tier, name, &delivery.data, props)).await
             {
                 warn!(account = %name, error = %e, "publish to the delay tier failed; message goes back to the queue");
-                requeue(delivery).await;
+                requeue(delivery, acks).await;
                 return;
             }
             if !follow {
                 tracing::info!(account = %name, job.id = %j.job_id, tier_secs, attempts, %error, "job parked in a delay tier");
             }
             metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "parked").increment(1);
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                warn!(account = %name, error = %e, "ack failed after parking");
-            }
+            acks.settled(delivery.delivery_tag, &delivery.acker);
             return;
         }
     };
@@ -1329,7 +1353,7 @@ async fn finish(
         let status = row.status;
         if let Err(e) = ctx.store.record(row).await {
             warn!(account = %name, error = %e, "outcome not recorded; message goes back to the queue");
-            requeue(delivery).await;
+            requeue(delivery, acks).await;
             return;
         }
         if status == Status::Sent {
@@ -1349,13 +1373,12 @@ async fn finish(
             .await
     {
         warn!(account = %name, error = %format!("{e:#}"), "parked job not released; message goes back to the queue");
-        requeue(delivery).await;
+        requeue(delivery, acks).await;
         return;
     }
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        // The channel died after the record: the broker redelivers and the claim dedupes.
-        warn!(account = %name, error = %e, "ack failed after the outcome was recorded");
-    }
+    // Acked with others shortly; if the channel dies first, the broker redelivers and the
+    // claim dedupes.
+    acks.settled(delivery.delivery_tag, &delivery.acker);
 }
 
 /// The first delivery after this process's consumer (re)registered: the process has just become
@@ -1398,12 +1421,13 @@ async fn hand_back(q: VecDeque<Pending>) {
         {
             warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
         }
+        p.acks.forget(p.delivery.delivery_tag);
     }
 }
 
 /// Hand a message back to the broker (its outcome could not be recorded). The lane hands
 /// back the jobs queued behind it in its conversation as well, in order.
-async fn requeue(delivery: &Delivery) {
+async fn requeue(delivery: &Delivery, acks: &Acks) {
     let _ = REQUEUED.try_with(|r| r.set(true));
     tokio::time::sleep(REQUEUE_DELAY).await;
     if let Err(e) = delivery
@@ -1416,6 +1440,8 @@ async fn requeue(delivery: &Delivery) {
     {
         warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
     }
+    // Only now (the nack sent first) may a multiple ack cover later deliveries.
+    acks.forget(delivery.delivery_tag);
 }
 
 /// The account-wide pause: throttling (45009/210205/HTTP 429) or an outage (a run of

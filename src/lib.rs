@@ -44,6 +44,7 @@
 //!    is the message acked. A crash anywhere before the ack means a redelivery, which the claim
 //!    turns into a no-op unless the platform was never asked.
 
+pub mod acks;
 pub mod alloc;
 pub mod bench;
 pub mod broadcast;

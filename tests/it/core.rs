@@ -457,6 +457,13 @@ async fn one_recipients_jobs_arrive_in_publish_order_with_prefetch() {
         assert_eq!(seq.len(), per_user);
     }
     worker.stop().await.unwrap();
+    // Acks are coalesced (one `multiple` ack per run of finished jobs, held ones singly):
+    // every delivery was acked before the channel closed, none went back to the queue.
+    assert_eq!(
+        env.queue_len("wxdispatch.kf").await,
+        0,
+        "deliveries left unacked at shutdown went back to the queue"
+    );
     env.cleanup().await;
 }
 
