@@ -186,6 +186,22 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// A short name for the job's log span.
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Suppressed { .. } => "suppressed",
+            Outcome::Expired { .. } => "expired",
+            Outcome::Duplicate(_) => "duplicate",
+            Outcome::Dead { .. } => "dead",
+            Outcome::Park { .. } => "parked",
+            Outcome::FannedOut { .. } => "fanned_out",
+            Outcome::Requeue { .. } => "requeued",
+        }
+    }
+}
+
 /// A delivery waiting for its conversation.
 struct Pending {
     delivery: Delivery,
@@ -723,7 +739,9 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
         let now = chrono::Utc::now().timestamp_millis();
         ctx.m.e2e.record((now - ms).max(0) as f64 / 1000.0);
     }
-    span.record("outcome", tracing::field::debug(&outcome));
+    // Its name only: formatting the whole outcome into every job's span cost a string per
+    // job; the details are in the row and in the warnings that need them.
+    span.record("outcome", outcome.name());
     finish(
         &ctx,
         &p.delivery,
