@@ -941,7 +941,7 @@ impl Gates {
         let at = c.state_updated_at?;
         let state = c.service_state?;
         ((chrono::Utc::now() - at).to_std().unwrap_or_default() < ttl)
-            .then_some(matches!(state, 2 | 3))
+            .then_some(human_state(state.into()))
     }
 
     /// Ask the platform who serves the conversation (WeCom service_state/get, chatbot
@@ -952,15 +952,8 @@ impl Gates {
             Channel::Wecom => {
                 let kfid = job.open_kfid.as_deref().unwrap_or("");
                 let (s, _) = ctx.platform.wecom_service_state(kfid, &job.to).await?;
-                let s = i32::try_from(s).unwrap_or(0);
-                if let Err(e) = ctx
-                    .store
-                    .set_service_state(&ctx.account.name, kfid, &job.to, s)
-                    .await
-                {
-                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
-                }
-                matches!(s, 2 | 3)
+                store_service_state(ctx, kfid, job, s).await;
+                human_state(s)
             }
             Channel::Chatbot => ctx
                 .platform
@@ -981,16 +974,9 @@ impl Gates {
             tr.kefustate.as_deref(),
         ) {
             (Channel::Wecom, Some(state), _) => {
-                self.remember(&conv, matches!(state, 2 | 3));
+                self.remember(&conv, human_state(state));
                 let kfid = job.open_kfid.as_deref().unwrap_or("");
-                let state = i32::try_from(state).unwrap_or(0);
-                if let Err(e) = ctx
-                    .store
-                    .set_service_state(&ctx.account.name, kfid, &job.to, state)
-                    .await
-                {
-                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
-                }
+                store_service_state(ctx, kfid, job, state).await;
             }
             (Channel::Chatbot, _, Some(k)) => self.remember(&conv, k == "on"),
             _ => {}
@@ -1000,14 +986,27 @@ impl Gates {
     /// The platform said a human serves this conversation (WeCom 95018).
     async fn human_took_over(&self, ctx: &LaneCtx, job: &Job) {
         self.remember(&conversation_of(job), true);
-        if let Some(kfid) = job.open_kfid.as_deref()
-            && let Err(e) = ctx
-                .store
-                .set_service_state(&ctx.account.name, kfid, &job.to, 3)
-                .await
-        {
-            warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
+        if let Some(kfid) = job.open_kfid.as_deref() {
+            store_service_state(ctx, kfid, job, 3).await;
         }
+    }
+}
+
+/// WeCom service states 2 (queued for a human) and 3 (a human serves) gate bot replies.
+fn human_state(state: i64) -> bool {
+    matches!(state, 2 | 3)
+}
+
+/// Remember a WeCom conversation's service state; a failure is logged (the gate asks the
+/// platform again next time).
+async fn store_service_state(ctx: &LaneCtx, kfid: &str, job: &Job, state: i64) {
+    let state = i32::try_from(state).unwrap_or(0);
+    if let Err(e) = ctx
+        .store
+        .set_service_state(&ctx.account.name, kfid, &job.to, state)
+        .await
+    {
+        warn!(account = %ctx.account.name, error = %format!("{e:#}"), "could not store the service state");
     }
 }
 
