@@ -171,7 +171,9 @@ impl MsgCrypt {
         if enc.encrypt_padded::<NoPadding>(&mut buf, len).is_err() {
             unreachable!("buffer is block-aligned by construction");
         }
-        STANDARD.encode(&buf)
+        // base64-simd: the scalar `base64` encoder took ~0.5 µs of the ~1.3 µs per 512-byte
+        // message; the SIMD one ~0.09 µs (benches/crypto.rs). Same alphabet, same padding.
+        base64_simd::STANDARD.encode_to_string(&buf)
     }
 
     /// Decrypt and check the receive id.
@@ -281,6 +283,20 @@ mod tests {
             let raw = STANDARD.decode(&enc).unwrap();
             assert_eq!(raw.len() % 32, 0, "ciphertext is 32-byte aligned");
             assert_eq!(c.decrypt(&enc).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn simd_encoder_matches_the_base64_crate() {
+        // The encrypt path uses base64-simd, the decrypt path the base64 crate: both must
+        // agree byte for byte on every length (all three padding cases, SIMD and tail loops).
+        for n in 0..300usize {
+            let data: Vec<u8> = (0..n).map(|i| (i * 151 + n) as u8).collect();
+            assert_eq!(
+                base64_simd::STANDARD.encode_to_string(&data),
+                STANDARD.encode(&data),
+                "length {n}"
+            );
         }
     }
 
