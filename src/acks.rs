@@ -12,11 +12,12 @@
 //! their prefetch slots, for long.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use lapin::Acker;
-use lapin::options::BasicAckOptions;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::warn;
@@ -79,15 +80,10 @@ impl<T> Window<T> {
                 multiple = Some(acker);
             }
         }
-        let late: Vec<u64> = self
+        let single = self
             .open
-            .iter()
-            .filter(|(_, v)| matches!(v, Some((_, at)) if *at <= hold_since))
-            .map(|(t, _)| *t)
-            .collect();
-        let single = late
-            .into_iter()
-            .filter_map(|t| self.open.remove(&t).flatten().map(|(a, _)| a))
+            .extract_if(.., |_, v| matches!(v, Some((_, at)) if *at <= hold_since))
+            .filter_map(|(_, v)| v.map(|(acker, _)| acker))
             .collect();
         Due { multiple, single }
     }
@@ -99,7 +95,9 @@ pub struct Acks {
     /// For log lines: the lane's account and which of its channels.
     label: String,
     window: Mutex<Window<Acker>>,
-    wake: Notify,
+    /// Shared with the flusher task, which holds the batch itself only weakly: the task
+    /// ends on [`Acks::close`] or, should a lane forget to close, once the batch is dropped.
+    wake: Arc<Notify>,
     closed: tokio_util::sync::CancellationToken,
 }
 
@@ -110,19 +108,24 @@ impl Acks {
         let acks = Arc::new(Self {
             label,
             window: Mutex::new(Window::default()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             closed: tokio_util::sync::CancellationToken::new(),
         });
-        let a = acks.clone();
+        let (weak, wake, closed) = (
+            Arc::downgrade(&acks),
+            acks.wake.clone(),
+            acks.closed.clone(),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(MAX_HOLD);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = a.closed.cancelled() => break,
-                    _ = a.wake.notified() => {}
+                    _ = closed.cancelled() => break,
+                    _ = wake.notified() => {}
                     _ = tick.tick() => {}
                 }
+                let Some(a) = Weak::upgrade(&weak) else { break };
                 let now = Instant::now();
                 a.flush(now.checked_sub(MAX_HOLD).unwrap_or(now)).await;
             }
@@ -144,9 +147,20 @@ impl Acks {
         self.wake.notify_one();
     }
 
-    /// The delivery was nacked (call after the nack is sent) or will not be acked here.
-    pub fn forget(&self, tag: u64) {
-        self.lock().forget(tag);
+    /// Give the delivery back to the broker (nack, requeue). It leaves the window only once
+    /// the nack is sent, so no `multiple` ack can cover it first.
+    pub async fn give_back(&self, delivery: &Delivery) {
+        if let Err(e) = delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+        {
+            warn!(lane = self.label.as_str(), error = %e, "nack failed; the broker will redeliver when the channel closes");
+        }
+        self.lock().forget(delivery.delivery_tag);
         self.wake.notify_one();
     }
 
@@ -251,6 +265,15 @@ mod tests {
             }
         );
         assert!(w.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_flusher_does_not_keep_its_batch_alive() {
+        let acks = Acks::start("test".into());
+        let weak = Arc::downgrade(&acks);
+        drop(acks);
+        // Only the flusher task is left; holding the batch weakly, it ends at its next wake.
+        assert!(weak.upgrade().is_none());
     }
 
     #[test]

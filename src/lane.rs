@@ -21,7 +21,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -1427,18 +1427,7 @@ tokio::task_local! {
 /// queue), so the conversation keeps its order.
 async fn hand_back(q: VecDeque<Pending>) {
     for p in q {
-        if let Err(e) = p
-            .delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await
-        {
-            warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
-        }
-        p.acks.forget(p.delivery.delivery_tag);
+        p.acks.give_back(&p.delivery).await;
     }
 }
 
@@ -1447,18 +1436,7 @@ async fn hand_back(q: VecDeque<Pending>) {
 async fn requeue(delivery: &Delivery, acks: &Acks) {
     let _ = REQUEUED.try_with(|r| r.set(true));
     tokio::time::sleep(REQUEUE_DELAY).await;
-    if let Err(e) = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            multiple: false,
-        })
-        .await
-    {
-        warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
-    }
-    // Only now (the nack sent first) may a multiple ack cover later deliveries.
-    acks.forget(delivery.delivery_tag);
+    acks.give_back(delivery).await;
 }
 
 /// The account-wide pause: throttling (45009/210205/HTTP 429) or an outage (a run of

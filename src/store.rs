@@ -104,6 +104,14 @@ pub enum Claim {
     Busy,
 }
 
+/// A conversation's WeCom service state to remember ([`Store::set_service_state`]).
+struct ServiceState {
+    account: String,
+    open_kfid: String,
+    external_userid: String,
+    state: i32,
+}
+
 /// What Postgres knows of a WeCom conversation (rows written by the sync loop), read with
 /// the claim so the lane can gate and apply the 48-hour / 5-message window without another
 /// round trip.
@@ -195,6 +203,7 @@ pub struct Store {
     pool: PgPool,
     claims: Batcher<DeliveryKey, (Claim, Option<ConvState>)>,
     outcomes: Batcher<Outcome, ()>,
+    states: Batcher<ServiceState, ()>,
     health: Arc<Health>,
     pub stats: Arc<BatchStats>,
 }
@@ -291,13 +300,14 @@ pub async fn connect_pool(config: &Config) -> anyhow::Result<PgPool> {
     let opts = PgConnectOptions::from_str(&config.database_url())
         .map_err(|e| anyhow::anyhow!("database.url: {}", redact_db_error(&e.to_string())))?
         .application_name("wxdispatch")
-        // The batched statements take arrays, whose length a generic plan cannot see: after
-        // five executions Postgres may switch to one planned for an empty, unanalysed table
-        // (sequential scans of `deliveries`, measured to halve a 200,000-job drain). Plan
-        // each execution for its own arrays instead. The working set is in memory: an index
-        // probe costs about as much as a sequential page read (with the default 4, the
-        // claim's join scanned `deliveries` while it held fewer than ~20,000 rows: 165
-        // full scans in a 50,000-job drain; 26 with 1.1).
+        // The hot batched statements run on their own pool ([`writer_pool`]). The other
+        // statements (inbound sync, parked jobs, operators' queries) may take arrays too,
+        // whose length a generic plan cannot see: after five executions Postgres may switch
+        // to one planned for an empty, unanalysed table (sequential scans, measured to halve
+        // a 200,000-job drain when the batches ran here). Plan each execution for its own
+        // arguments instead. The working set is in memory: an index probe costs about as
+        // much as a sequential page read (with the default 4, a join with `deliveries`
+        // scanned it while it held fewer than ~20,000 rows).
         .options([
             ("plan_cache_mode", "force_custom_plan"),
             ("random_page_cost", "1.1"),
@@ -314,6 +324,33 @@ pub async fn connect_pool(config: &Config) -> anyhow::Result<PgPool> {
                 redact_db_error(&e.to_string())
             )
         })
+}
+
+/// Connections the batch writers may hold (claims, outcomes, service states: one writer
+/// each, plus one spare for a writer whose connection is being replaced).
+const WRITER_CONNECTIONS: u32 = 4;
+
+/// The batch writers' own pool, on the same database as `pool`, whose sessions plan the
+/// batched statements once and never scan a table sequentially.
+///
+/// With custom plans (the main pool's setting) Postgres planned every batch afresh: at
+/// 500 jobs/s, where batches hold one row, that planning was most of Postgres's CPU (0.72
+/// cores; 0.37 with this pool, and p99 latency 11 → 5 ms, measured by `wxdispatch bench
+/// --only latency`). A generic plan for a statement over arrays cannot know their length
+/// or, on a fresh database, the table's size, and might pick a sequential scan of
+/// `deliveries`; every table these statements touch is reached by its primary key, so
+/// `enable_seqscan = off` leaves the planner only index probes (checked with EXPLAIN on an
+/// empty and on a 200,000-row table: nested loops over `deliveries_pkey` and
+/// `conversations_pkey`).
+fn writer_pool(pool: &PgPool) -> PgPool {
+    let opts = (*pool.connect_options()).clone().options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+    ]);
+    PgPoolOptions::new()
+        .max_connections(WRITER_CONNECTIONS)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_lazy_with(opts)
 }
 
 /// sqlx errors can echo the connection string; keep any password out of them.
@@ -355,28 +392,29 @@ impl Store {
         let health = Arc::new(Health {
             up: watch::Sender::new(true),
         });
-        let (p, s, h) = (pool.clone(), stats.clone(), health.clone());
-        let claims = Batcher::spawn(batch_max, move |batch| {
-            let (p, s, h) = (p.clone(), s.clone(), h.clone());
-            async move {
-                s.batches.fetch_add(1, Ordering::Relaxed);
-                s.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                while_unavailable(&h, || claim_batch(&p, &batch)).await
-            }
-        });
-        let (p, s, h) = (pool.clone(), stats.clone(), health.clone());
-        let outcomes = Batcher::spawn(batch_max, move |batch| {
-            let (p, s, h) = (p.clone(), s.clone(), h.clone());
-            async move {
-                s.batches.fetch_add(1, Ordering::Relaxed);
-                s.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                while_unavailable(&h, || outcome_batch(&p, &batch)).await
-            }
-        });
+        let writers = writer_pool(&pool);
+        // One batcher per statement, all alike: count the batch, retry it through an outage.
+        macro_rules! batcher {
+            ($write:ident) => {{
+                let (p, s, h) = (writers.clone(), stats.clone(), health.clone());
+                Batcher::spawn(batch_max, move |batch| {
+                    let (p, s, h) = (p.clone(), s.clone(), h.clone());
+                    async move {
+                        s.batches.fetch_add(1, Ordering::Relaxed);
+                        s.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        while_unavailable(&h, || $write(&p, &batch)).await
+                    }
+                })
+            }};
+        }
+        let claims = batcher!(claim_batch);
+        let outcomes = batcher!(outcome_batch);
+        let states = batcher!(state_batch);
         Self {
             pool,
             claims,
             outcomes,
+            states,
             health,
             stats,
         }
@@ -412,6 +450,10 @@ impl Store {
     }
 
     /// Remember a conversation's service state (from `service_state/get` or a 95018).
+    /// Batched like the claims and outcomes: the first job of every conversation asks the
+    /// platform and stores the answer, so a backlog over many conversations starts with as
+    /// many of these (1,000 single-row commits in the bench's WeCom drain, a third of its
+    /// commits).
     pub async fn set_service_state(
         &self,
         account: &str,
@@ -419,19 +461,14 @@ impl Store {
         external_userid: &str,
         state: i32,
     ) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO conversations (account, open_kfid, external_userid, service_state, state_updated_at)
-             VALUES ($1, $2, $3, $4, now())
-             ON CONFLICT (account, open_kfid, external_userid)
-             DO UPDATE SET service_state = excluded.service_state, state_updated_at = now()",
-        )
-        .bind(account)
-        .bind(open_kfid)
-        .bind(external_userid)
-        .bind(state)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.states
+            .call(ServiceState {
+                account: account.to_owned(),
+                open_kfid: open_kfid.to_owned(),
+                external_userid: external_userid.to_owned(),
+                state,
+            })
+            .await
     }
 
     /// Record an outcome; returns once it is committed.
@@ -693,14 +730,59 @@ async fn claim_batch(
         .collect())
 }
 
-async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<()>> {
-    // One row per job id per statement (ON CONFLICT DO UPDATE cannot touch a row twice): the
-    // last outcome in the batch wins.
-    let n = batch.len();
-    let mut last = std::collections::HashMap::with_capacity(n);
-    for (i, o) in batch.iter().enumerate() {
-        last.insert(o.key.job_id.as_str(), i);
+/// Indices of the last item of each key, in batch order. `ON CONFLICT DO UPDATE` cannot touch
+/// a row twice in one statement, so an upsert batch keeps only the latest item per row.
+fn last_per_key<'a, T, K: std::hash::Hash + Eq>(
+    batch: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<usize> {
+    let mut last = std::collections::HashMap::with_capacity(batch.len());
+    for (i, item) in batch.iter().enumerate() {
+        last.insert(key(item), i);
     }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    keep
+}
+
+async fn state_batch(pool: &PgPool, batch: &[ServiceState]) -> anyhow::Result<Vec<()>> {
+    // The last answer for a conversation in the batch wins.
+    let keep = last_per_key(batch, |s| {
+        (
+            s.account.as_str(),
+            s.open_kfid.as_str(),
+            s.external_userid.as_str(),
+        )
+    });
+    let accounts: Vec<&str> = keep.iter().map(|&i| batch[i].account.as_str()).collect();
+    let kfids: Vec<&str> = keep.iter().map(|&i| batch[i].open_kfid.as_str()).collect();
+    let users: Vec<&str> = keep
+        .iter()
+        .map(|&i| batch[i].external_userid.as_str())
+        .collect();
+    let states: Vec<i32> = keep.iter().map(|&i| batch[i].state).collect();
+    sqlx::query(
+        "INSERT INTO conversations (account, open_kfid, external_userid, service_state, state_updated_at)
+         SELECT account, open_kfid, external_userid, service_state, now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[])
+             AS t(account, open_kfid, external_userid, service_state)
+         ON CONFLICT (account, open_kfid, external_userid)
+         DO UPDATE SET service_state = excluded.service_state, state_updated_at = now()",
+    )
+    .bind(&accounts)
+    .bind(&kfids)
+    .bind(&users)
+    .bind(&states)
+    .execute(pool)
+    .await
+    .context("storing service states")?;
+    Ok(vec![(); batch.len()])
+}
+
+async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<()>> {
+    // One row per job id per statement: the last outcome in the batch wins.
+    let n = batch.len();
+    let keep = last_per_key(batch, |o| o.key.job_id.as_str());
     #[allow(clippy::type_complexity)]
     let mut cols: (
         Vec<&str>,
@@ -716,10 +798,7 @@ async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<(
     let mut errcodes = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
     let mut msgids = Vec::with_capacity(n);
-    for (i, o) in batch.iter().enumerate() {
-        if last.get(o.key.job_id.as_str()) != Some(&i) {
-            continue;
-        }
+    for o in keep.iter().map(|&i| &batch[i]) {
         cols.0.push(&o.key.job_id);
         cols.1.push(&o.key.account);
         cols.2.push(o.key.channel);

@@ -286,3 +286,43 @@ async fn a_failed_gate_query_is_retried_never_sent_ungated() {
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
+
+/// Service states are written in batches; one batch may hold several answers for the same
+/// conversation (Postgres refuses to update a row twice in one statement): the latest wins
+/// and every caller gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_service_states_keep_the_latest_answer_per_conversation() {
+    let env = env_with_fresh_gates().await;
+    let store = wxdispatch::store::Store::with_pool(env.pool.clone(), 1000);
+    // Queued in this order (join_all polls in order): for each conversation states 0..=4.
+    let calls: Vec<_> = (0..5)
+        .flat_map(|state| (0..10).map(move |c| (format!("wmB{c}"), state)))
+        .collect();
+    let results = futures::future::join_all(
+        calls
+            .iter()
+            .map(|(user, state)| store.set_service_state("kf", "wkKF1", user, *state)),
+    )
+    .await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT external_userid, service_state FROM conversations \
+         WHERE account = 'kf' AND open_kfid = 'wkKF1' ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(String, i32)> = (0..10).map(|c| (format!("wmB{c}"), 4)).collect();
+    assert_eq!(rows, expected);
+    assert!(
+        store
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 50,
+        "the 50 answers were batched"
+    );
+    env.cleanup().await;
+}
