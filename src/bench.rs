@@ -184,11 +184,6 @@ pub struct BenchArgs {
     /// Keep each run's vhost, database and directory (config, logs) for inspection.
     #[arg(long)]
     pub keep: bool,
-    /// Plan every statement of the run's database afresh (`ALTER DATABASE … SET
-    /// plan_cache_mode = force_custom_plan`): shows what the cached generic plans of a fresh,
-    /// never-analyzed `deliveries` table cost (see the bench results).
-    #[arg(long)]
-    pub pg_custom_plans: bool,
     /// Start the worker under this command, for profiling, e.g.
     /// `--worker-wrapper "valgrind --tool=callgrind --callgrind-out-file=/tmp/worker.cg"`.
     /// The worker's CPU and RSS figures are then the wrapper's and not comparable.
@@ -312,7 +307,6 @@ struct Base {
     batch_max: usize,
     exe: PathBuf,
     worker_wrapper: Option<String>,
-    pg_custom_plans: bool,
 }
 
 impl Base {
@@ -331,7 +325,6 @@ impl Base {
             batch_max: cfg.database.batch_max,
             exe: std::env::current_exe().context("locating the wxdispatch binary")?,
             worker_wrapper: args.worker_wrapper.clone().filter(|w| !w.trim().is_empty()),
-            pg_custom_plans: args.pg_custom_plans,
         })
     }
 
@@ -491,13 +484,6 @@ impl Scenario {
         sim_client.wait_ready(&mut sim).await?;
         let pool = store::connect_pool(&cfg).await?;
         store::migrate(&pool).await?;
-        if base.pg_custom_plans {
-            let stmt = format!("ALTER DATABASE \"{name}\" SET plan_cache_mode = force_custom_plan");
-            sqlx::query(sqlx::AssertSqlSafe(stmt))
-                .execute(&pool)
-                .await
-                .context("--pg-custom-plans")?;
-        }
         let conn = broker::connect(&cfg.broker.url, "wxdispatch-bench").await?;
         broker::declare_topology(&conn, &cfg).await?;
         Ok(Self {
@@ -1951,7 +1937,6 @@ mod tests {
             prefetch: None,
             concurrency: None,
             keep: false,
-            pg_custom_plans: false,
             worker_wrapper: None,
         };
         for channel in [Channel::Chatbot, Channel::Wecom] {
