@@ -77,8 +77,6 @@ pub const STATS_MAX_AGE_DAYS: i64 = 180;
 /// WeCom's statistic days start at midnight China Standard Time (UTC+8, no DST): the docs'
 /// example `1645545600` is 2022-02-23 00:00 +08:00, and other times are rounded down to it.
 pub const WECOM_UTC_OFFSET_SECS: i32 = 8 * 3600;
-/// Largest response read from the platform; real ones are at most tens of KB (100 customers).
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 /// Service states (`kf/service_state/get`): 0 new, 1 bot, 2 queued, 3 human, 4 ended.
 pub const STATE_NAMES: [&str; 5] = ["new", "bot", "queued", "human", "ended"];
@@ -702,7 +700,7 @@ impl KfClient {
                 .get(format!("{}/cgi-bin/{api}", self.base))
                 .query(&[("access_token", tok.token.as_str())])
                 .query(query);
-            let (res, v) = read_json(req).await;
+            let (res, v) = channel::call_json(req).await;
             if !refreshed
                 && policy::classify(Channel::Wecom, Api::Business, &res) == Action::RefreshToken
             {
@@ -1032,54 +1030,6 @@ fn field<T: serde::de::DeserializeOwned + Default>(
     match v.get(key) {
         None | Some(Value::Null) => Ok(T::default()),
         Some(x) => T::deserialize(x).map_err(|e| bad_response(api, format!("{key}: {e}"))),
-    }
-}
-
-/// A GET's `{errcode, errmsg, …}`; never puts the URL (it holds the token) into an error.
-async fn read_json(req: reqwest::RequestBuilder) -> (CallResult, Value) {
-    let describe = |e: reqwest::Error| {
-        let e = e.without_url();
-        if e.is_timeout() {
-            "timeout".to_owned()
-        } else if e.is_connect() {
-            "connection failed".to_owned()
-        } else {
-            e.to_string()
-        }
-    };
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return (CallResult::Transport(describe(e)), Value::Null),
-    };
-    if !resp.status().is_success() {
-        return (CallResult::Http(resp.status().as_u16()), Value::Null);
-    }
-    let bytes = match resp.bytes().await {
-        Ok(b) if b.len() <= MAX_RESPONSE_BYTES => b,
-        Ok(b) => {
-            return (
-                CallResult::Transport(format!("response of {} bytes", b.len())),
-                Value::Null,
-            );
-        }
-        Err(e) => return (CallResult::Transport(describe(e)), Value::Null),
-    };
-    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-        return (
-            CallResult::Transport("response is not JSON".into()),
-            Value::Null,
-        );
-    };
-    match v.get("errcode").and_then(Value::as_i64).unwrap_or(0) {
-        0 => (CallResult::Ok { msgid: None }, v),
-        code => {
-            let msg = v
-                .get("errmsg")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            (CallResult::Errcode { code, msg }, v)
-        }
     }
 }
 
