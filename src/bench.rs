@@ -5,7 +5,7 @@
 //! |---|---|
 //! | end-to-end throughput | a backlog of `--jobs` jobs (1 account, `--recipients` recipients, `--text-bytes` texts) is published, then the worker starts; time from its start until every row of `deliveries` is terminal (the last outcome's `updated_at`). Chatbot and WeCom in separate runs. |
 //! | broker ceiling | in the same run, the same backlog on the same quorum queue, consumed and acked by a consumer that does nothing else, with the same prefetch |
-//! | ratio | end-to-end ÷ ceiling |
+//! | ratio | end-to-end ÷ ceiling; `--rounds` rounds per channel (default 3, each a fresh vhost and database with its own ceiling), the median round by ratio shown with every round's ratio |
 //! | CPU | worker CPU seconds (utime + stime) per 10,000 jobs, and where the machine's CPU went during the drain (worker, simulator, RabbitMQ, Postgres) |
 //! | rows per commit | claim + outcome rows (2 per job) ÷ transactions committed in the run's database during the drain (every statement counts, not only the batched ones) |
 //! | latency | `--latency-rate` jobs/s for `--latency-secs`, each stamped with its publish time (header `x-wxdispatch-published-ms` and in the text); p50 / p99 / max of the simulator's acceptance time minus the publish time |
