@@ -45,7 +45,7 @@ pub fn http_client(cfg: &Config) -> anyhow::Result<reqwest::Client> {
 
 /// The fields of a platform answer that decide its outcome. Other fields are skipped
 /// unparsed: the hot path (a send) needs nothing else.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize)]
 struct Head {
     #[serde(default)]
     errcode: Value,
@@ -367,8 +367,8 @@ impl Platform {
         self.wecom_post(tokens, path, body.into()).await.0
     }
 
-    /// A WeCom business call with the token protocol (see [`Self::wecom_post`]), JSON in
-    /// and out.
+    /// POST a WeCom business API with the token protocol (see [`Self::wecom_request`]),
+    /// JSON in and out.
     pub async fn wecom_call(
         &self,
         tokens: &TokenManager,
@@ -381,14 +381,39 @@ impl Platform {
         (res, json_of(&bytes))
     }
 
-    /// POST a serialized body to a WeCom business API with the token protocol: on
-    /// 40014/42001/41001/40001 invalidate exactly the generation used, refresh once, retry
-    /// once.
+    /// POST a serialized body to a WeCom business API with the token protocol.
     async fn wecom_post(
         &self,
         tokens: &TokenManager,
         path: &str,
         body: Bytes,
+    ) -> ((CallResult, Api), Bytes) {
+        // Bytes: the retry after a refresh sends the same buffer again, uncopied.
+        self.wecom_request(tokens, path, |url| post_json(&self.http, url, body.clone()))
+            .await
+    }
+
+    /// GET a WeCom business API (`?access_token=…&query…`) with the token protocol, JSON out.
+    pub async fn wecom_get(
+        &self,
+        tokens: &TokenManager,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> ((CallResult, Api), Value) {
+        let (res, bytes) = self
+            .wecom_request(tokens, path, |url| self.http.get(url).query(query))
+            .await;
+        (res, json_of(&bytes))
+    }
+
+    /// A WeCom business call with the token protocol: `request` makes the request from the
+    /// API's URL with the access token; on 40014/42001/41001/40001 invalidate exactly the
+    /// generation used, refresh once, retry once.
+    async fn wecom_request(
+        &self,
+        tokens: &TokenManager,
+        path: &str,
+        request: impl Fn(reqwest::Url) -> reqwest::RequestBuilder,
     ) -> ((CallResult, Api), Bytes) {
         let mut refreshed = false;
         loop {
@@ -405,8 +430,7 @@ impl Platform {
                 Ok(u) => u,
                 Err(res) => return ((res, Api::Business), Bytes::new()),
             };
-            // Bytes: the retry after a refresh sends the same buffer again, uncopied.
-            let (res, v) = call(post_json(&self.http, url, body.clone())).await;
+            let (res, v) = call(request(url)).await;
             if !refreshed
                 && policy::classify(Channel::Wecom, Api::Business, &res) == Action::RefreshToken
             {

@@ -632,8 +632,6 @@ pub struct DayStat {
 #[derive(Debug)]
 pub struct KfClient {
     platform: Platform,
-    http: reqwest::Client,
-    base: String,
 }
 
 impl KfClient {
@@ -650,9 +648,7 @@ impl KfClient {
             )));
         }
         Ok(Self {
-            base: account.base_url().trim_end_matches('/').to_owned(),
-            platform: Platform::new(account.clone(), http.clone(), store),
-            http,
+            platform: Platform::new(account.clone(), http, store),
         })
     }
 
@@ -681,35 +677,15 @@ impl KfClient {
         check(api, which, res, v)
     }
 
-    /// GET `api?access_token=…&query…` with the same token protocol: on a stale-token errcode
-    /// invalidate exactly the generation used, refresh once, retry once. (`servicer/list` is
-    /// the one GET API here; [`Platform::wecom_call`] only POSTs.)
+    /// GET `api?access_token=…&query…` with the same token protocol (`servicer/list` is the
+    /// one GET API here).
     async fn get(&self, api: &'static str, query: &[(&str, &str)]) -> Result<Value, KfError> {
         let tokens = self
             .platform
             .tokens()
             .ok_or_else(|| invalid("not a wecom account"))?;
-        let mut refreshed = false;
-        loop {
-            let tok = match tokens.get().await {
-                Ok(t) => t,
-                Err(res) => return check(api, Api::GetToken, res, Value::Null),
-            };
-            let req = self
-                .http
-                .get(format!("{}/cgi-bin/{api}", self.base))
-                .query(&[("access_token", tok.token.as_str())])
-                .query(query);
-            let (res, v) = channel::call_json(req).await;
-            if !refreshed
-                && policy::classify(Channel::Wecom, Api::Business, &res) == Action::RefreshToken
-            {
-                refreshed = true;
-                tokens.invalidate(tok.generation).await;
-                continue;
-            }
-            return check(api, Api::Business, res, v);
-        }
+        let ((res, which), v) = self.platform.wecom_get(tokens, api, query).await;
+        check(api, which, res, v)
     }
 
     /// `kf/account/list`, all pages (94661: `{offset, limit}`, "当获取到的 account_list中的账号
