@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto;
+pub use crate::domain::channel::Channel;
 
 /// A credential. Never printed; compare and use through [`Secret::expose`].
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -222,22 +223,6 @@ impl Default for SyncConfig {
         Self {
             poll_interval_secs: 30,
             page_limit: 1000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    Chatbot,
-    Wecom,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Chatbot => "chatbot",
-            Channel::Wecom => "wecom",
         }
     }
 }

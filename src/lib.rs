@@ -7,62 +7,53 @@
 //!
 //! ## The modules
 //!
-//! | module | what it holds |
-//! |---|---|
-//! | [`config`] | the settings tree: TOML + `WXDISPATCH__…` overrides, secrets redacted, fail-fast validation |
-//! | [`crypto`] | WXBizMsgCrypt (encrypt, decrypt, signature), pure |
-//! | [`job`] | the job contract: parsing and validation at the boundary, rendering of platform requests |
-//! | [`policy`] | errcode → action, one pure table-tested function |
-//! | [`channel`] | the platforms' HTTP APIs and WeCom access tokens (shared through Postgres) |
-//! | [`lane`] | one account's lane: per-conversation order, rate limit, retries, pause, record-then-ack |
-//! | [`broker`] | RabbitMQ topology, confirmed publishing, dead-letter headers |
-//! | [`store`] | Postgres: claims and outcomes (batched), dead letters, tokens |
-//! | [`broadcast`] | bulk broadcasts: idempotent fan-out into the account's bulk queue, progress, cancel |
-//! | [`sync`] | WeCom sync_msg cursor loops; inbound messages and their effects on conversations and deliveries |
-//! | [`callback`] | the platforms' HTTP callbacks (WeCom URL verification and kf events, chatbot push) |
-//! | [`worker`] | `run`: wires the above together, graceful shutdown |
-//! | [`ops`] | operator tooling: `dlq list` / `dlq replay`, `stats` |
-//! | [`kf`] | `wxdispatch kf …`: WeCom customer-service administration |
-//! | [`bench`] | `wxdispatch bench`: the reproducible benchmark |
-//! | [`http`] | `/metrics`, `/healthz`, `/readyz` and the platform callbacks |
-//! | [`simulate`] | a local simulator of both platforms, faithful to their crypto and errcodes |
-//! | [`telemetry`] | metric names, logging setup |
-//! | [`cli`], [`demo`] | the command line and the self-contained demo |
+//! Layers, lowest first; a module imports only from layers below it (`tests/layers.rs` checks it).
+//!
+//! | layer | module | what it holds |
+//! |---|---|---|
+//! | pure | [`alloc`] | the allocator's settings |
+//! | pure | [`crypto`] | WXBizMsgCrypt (encrypt, decrypt, signature) |
+//! | pure | [`telemetry`] | metric names, logging setup |
+//! | pure | [`domain`] | the vocabulary: jobs (parsing at the boundary, rendering of platform requests), channels, ids, the WeCom allowance |
+//! | pure | [`policy`] | decisions: errcode → action, one table-tested function |
+//! | settings | [`config`] | the settings tree: TOML + `WXDISPATCH__…` overrides, secrets redacted, fail-fast validation |
+//! | clients | [`platform`] | the platforms' HTTP APIs, WeCom access tokens, kf administration |
+//! | I/O | [`store`] | Postgres: every SQL statement (claims and outcomes batched, dead letters, tokens) |
+//! | I/O | [`broker`] | RabbitMQ: connection, topology, confirmed publishing, dead-letter headers, coalesced acks |
+//! | engine | [`engine`] | lanes (order, rate limit, retries, pause, record-then-ack), broadcasts, inbound sync |
+//! | edges | [`http`] | `/metrics`, `/healthz`, `/readyz` and the platform callbacks |
+//! | edges | [`ops`] | operator use cases: dead letters, stats |
+//! | process | [`app`] | `run`: wires the above together, graceful shutdown |
+//! | tools | [`tools`] | the demo, the benchmark, the platform simulator |
+//! | command line | [`cli`] | clap, printing, exit codes |
 //!
 //! ## One job's path
 //!
 //! 1. Upstream publishes to exchange `wxdispatch` with routing key = account; the job lands in
 //!    the account's quorum queue `wxdispatch.<account>` (single active consumer).
-//! 2. [`lane::run`] receives it (prefetch-bounded), [`job::parse`] validates it — a bad job is
+//! 2. [`engine::lane::run`] receives it (prefetch-bounded), [`domain::job::parse`] validates it — a bad job is
 //!    dead-lettered with a reason naming the field — and queues it behind earlier jobs of the
 //!    same conversation.
-//! 3. [`lane::process`] *claims* the job id in Postgres (a job already `sent` is not sent
+//! 3. [`engine::lane::process`] *claims* the job id in Postgres (a job already `sent` is not sent
 //!    again), waits for the account's rate limiter and pause gate, calls the platform through
-//!    [`channel::Platform`], and lets [`policy::classify`] decide: delivered, retry with
+//!    [`platform::Platform`], and lets [`policy::classify`] decide: delivered, retry with
 //!    jittered backoff, pause the account, refresh the token, gate, or dead-letter.
 //! 4. The outcome is written to `deliveries` (batched with other jobs' outcomes) and only then
 //!    is the message acked. A crash anywhere before the ack means a redelivery, which the claim
 //!    turns into a no-op unless the platform was never asked.
 
-pub mod acks;
 pub mod alloc;
-pub mod bench;
-pub mod broadcast;
+pub mod app;
 pub mod broker;
-pub mod callback;
-pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod crypto;
-pub mod demo;
+pub mod domain;
+pub mod engine;
 pub mod http;
-pub mod job;
-pub mod kf;
-pub mod lane;
 pub mod ops;
+pub mod platform;
 pub mod policy;
-pub mod simulate;
 pub mod store;
-pub mod sync;
 pub mod telemetry;
-pub mod worker;
+pub mod tools;

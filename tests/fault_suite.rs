@@ -39,8 +39,8 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 use wxdispatch::broker;
 use wxdispatch::config::AccountConfig;
-use wxdispatch::simulate::gate::RATE_WINDOW_SLACK;
-use wxdispatch::simulate::{Accepted, Faults, SimOptions};
+use wxdispatch::tools::simulate::gate::RATE_WINDOW_SLACK;
+use wxdispatch::tools::simulate::{Accepted, Faults, SimOptions};
 
 use harness::{Env, chatbot_account, rabbitmqctl, wecom_account};
 

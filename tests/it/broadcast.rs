@@ -4,14 +4,18 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::{Env, wecom_account};
 
-async fn wait_finished(env: &Env, id: &str, timeout: Duration) -> wxdispatch::broadcast::Progress {
+async fn wait_finished(
+    env: &Env,
+    id: &str,
+    timeout: Duration,
+) -> wxdispatch::engine::broadcast::Progress {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(p) = wxdispatch::broadcast::progress(&env.pool, id)
+        if let Some(p) = wxdispatch::engine::broadcast::progress(&env.pool, id)
             .await
             .unwrap()
             && p.pending == 0
@@ -22,7 +26,7 @@ async fn wait_finished(env: &Env, id: &str, timeout: Duration) -> wxdispatch::br
         assert!(
             Instant::now() < deadline,
             "broadcast {id} did not finish: {:?}",
-            wxdispatch::broadcast::progress(&env.pool, id)
+            wxdispatch::engine::broadcast::progress(&env.pool, id)
                 .await
                 .unwrap()
         );
@@ -133,7 +137,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     // let it start
     let t0 = Instant::now();
     loop {
-        let p = wxdispatch::broadcast::progress(&env.pool, "bc-2")
+        let p = wxdispatch::engine::broadcast::progress(&env.pool, "bc-2")
             .await
             .unwrap();
         if p.is_some_and(|p| p.sent >= 20) {
@@ -142,7 +146,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
         assert!(t0.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let n = wxdispatch::broadcast::cancel(&env.pool, "bc-2")
+    let n = wxdispatch::engine::broadcast::cancel(&env.pool, "bc-2")
         .await
         .unwrap();
     assert!(n > 500, "most recipients were still pending ({n})");
@@ -158,7 +162,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     .unwrap();
     assert_eq!(sent_at_sim, sent_rows, "nothing cancelled was sent");
     assert!(
-        wxdispatch::broadcast::cancel(&env.pool, "nope")
+        wxdispatch::engine::broadcast::cancel(&env.pool, "nope")
             .await
             .is_err()
     );

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wxdispatch::broker;
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::{Env, chatbot_account, wecom_account};
 

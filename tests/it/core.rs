@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wxdispatch::broker;
-use wxdispatch::simulate::{Faults, SimOptions};
+use wxdispatch::tools::simulate::{Faults, SimOptions};
 
 use crate::harness::{Env, chatbot_account, wecom_account};
 
@@ -31,7 +31,7 @@ fn xml_field(xml: &str, tag: &str) -> Option<String> {
 async fn every_message_type_of_both_channels_is_delivered_exactly() {
     let env = Env::new(accounts, SimOptions::default()).await;
     let worker = env.start_worker().await;
-    let samples = wxdispatch::demo::sample_messages();
+    let samples = wxdispatch::tools::demo::sample_messages();
     let mut expected: HashMap<String, (&str, Value)> = HashMap::new();
     for (i, (account, _kind, message)) in samples.iter().enumerate() {
         let account = if *account == "demo-bot" { "bot" } else { "kf" };

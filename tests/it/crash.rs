@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::{Env, chatbot_account, wecom_account};
 

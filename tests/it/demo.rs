@@ -1,6 +1,6 @@
 //! The README's first command, `wxdispatch demo`, end to end (as a child process).
 
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::Env;
 
@@ -23,7 +23,7 @@ async fn the_demo_sends_every_message_type_and_rejects_the_bad_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("demo-")).collect();
-    let n = wxdispatch::demo::sample_messages().len();
+    let n = wxdispatch::tools::demo::sample_messages().len();
     assert_eq!(rows.len(), n + 1, "{text}");
     assert_eq!(
         rows.iter().filter(|l| l.contains(" sent ")).count(),

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use wxdispatch::app::Worker;
 use wxdispatch::config::{AccountConfig, Config, Rate, Secret};
-use wxdispatch::simulate::SimOptions;
-use wxdispatch::worker::Worker;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::{AES_KEY, Env, PG_ADMIN, chatbot_account, rabbitmqctl, wecom_account};
 

@@ -10,10 +10,10 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
+use wxdispatch::app::Worker;
 use wxdispatch::broker::{self, Publisher};
 use wxdispatch::config::{AccountConfig, Channel, Config, Rate, Secret};
-use wxdispatch::simulate::{self, SimHandle, SimOptions};
-use wxdispatch::worker::Worker;
+use wxdispatch::tools::simulate::{self, SimHandle, SimOptions};
 
 pub const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 pub const AES_KEY_2: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";

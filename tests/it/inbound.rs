@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use wxdispatch::broker;
 use wxdispatch::crypto::MsgCrypt;
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::crash::{sigterm, write_config};
 use crate::harness::{AES_KEY, AES_KEY_2, Env, chatbot_account, wecom_account};
@@ -129,7 +129,7 @@ async fn wait_count(env: &Env, sql: &str, n: i64, timeout: Duration) {
     }
 }
 
-fn url(worker: &wxdispatch::worker::Worker, path: &str) -> String {
+fn url(worker: &wxdispatch::app::Worker, path: &str) -> String {
     format!("http://{}{path}", worker.http_addr.unwrap())
 }
 
@@ -160,7 +160,7 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, String
 }
 
 /// Start a worker that pulls only when a callback arrives (after its start-up pull).
-async fn callback_only_worker(env: &mut Env, page_limit: u32) -> wxdispatch::worker::Worker {
+async fn callback_only_worker(env: &mut Env, page_limit: u32) -> wxdispatch::app::Worker {
     env.cfg.sync.poll_interval_secs = 0;
     env.cfg.sync.page_limit = page_limit;
     let w = env.start_worker().await;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::process::Output;
 
 use serde_json::{Value, json};
-use wxdispatch::kf::{KfClient, KfError, stats_range, wecom_midnight, wecom_today};
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::platform::kf::{KfClient, KfError, stats_range, wecom_midnight, wecom_today};
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::crash::write_config;
 use crate::harness::{Env, wecom_account};

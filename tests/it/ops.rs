@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::Row;
 use wxdispatch::ops::{self, Filter, ReplayOptions, Skip};
-use wxdispatch::simulate::SimOptions;
+use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::{Env, chatbot_account, wecom_account};
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wxdispatch::simulate::{Faults, SimOptions};
+use wxdispatch::tools::simulate::{Faults, SimOptions};
 
 use crate::harness::{Env, chatbot_account, wecom_account};
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::config::Channel;
+use crate::domain::channel::Channel;
 
 /// The outcome of one HTTP call to a platform, before interpretation.
 #[derive(Debug, Clone, PartialEq, Eq)]

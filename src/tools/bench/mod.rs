@@ -385,7 +385,7 @@ fn account_for(channel: Channel, base_url: &str, rate: Option<(u32, u32)>) -> Va
     match channel {
         Channel::Chatbot => json!({
             "name": BOT_ACCOUNT, "channel": "chatbot", "base_url": base_url, "rate": rate,
-            "appid": BOT_APPID, "token": BOT_TOKEN, "encoding_aes_key": crate::demo::DEMO_AES_KEY,
+            "appid": BOT_APPID, "token": BOT_TOKEN, "encoding_aes_key": crate::tools::fixtures::DEMO_AES_KEY,
         }),
         Channel::Wecom => json!({
             "name": KF_ACCOUNT, "channel": "wecom", "base_url": base_url, "rate": rate,
@@ -1766,7 +1766,7 @@ async fn limiter_in(
 
 /// Median µs per `MsgCrypt::encrypt` (random prefix, AES-256-CBC, base64) of 512 bytes.
 fn crypto_us_per_op() -> anyhow::Result<f64> {
-    let crypt = MsgCrypt::new(BOT_TOKEN, crate::demo::DEMO_AES_KEY, BOT_APPID)
+    let crypt = MsgCrypt::new(BOT_TOKEN, crate::tools::fixtures::DEMO_AES_KEY, BOT_APPID)
         .map_err(|e| anyhow::anyhow!("crypto: {e}"))?;
     let msg = vec![b'x'; CRYPTO_MESSAGE_BYTES];
     let mut rounds = Vec::with_capacity(CRYPTO_ROUNDS);
@@ -2000,7 +2000,7 @@ mod tests {
             .unwrap();
             let cfg = Config::from_toml_with_env(&toml_text, &[]).unwrap();
             cfg.validate().unwrap();
-            crate::job::parse(&body, Some("j42"), &cfg.accounts[0], 1 << 20).unwrap();
+            crate::domain::job::parse(&body, Some("j42"), &cfg.accounts[0], 1 << 20).unwrap();
         }
     }
 

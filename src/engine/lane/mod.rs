@@ -29,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::acks::Acks;
+use crate::broker::acks::Acks;
 use crate::broker::{self, Broker, DeadHeaders, Publisher};
-use crate::channel::Platform;
 use crate::config::{AccountConfig, Channel, Config};
-use crate::job::{self, Gate, Job, JobError, JobKind};
+use crate::domain::allowance;
+use crate::domain::job::{self, Gate, Job, JobError, JobKind};
+use crate::platform::Platform;
 use crate::policy::{self, Action, Api, CallResult};
 use crate::store::{Claim, ConvState, DeadLetter, DeliveryKey, Status, Store};
 use crate::telemetry as t;
@@ -354,7 +355,7 @@ struct Consumers {
     /// lane's prefetch stays available to ordinary replies.
     bulk_ch: lapin::Channel,
     bulk: lapin::Consumer,
-    /// Each channel's acks, coalesced ([`crate::acks`]).
+    /// Each channel's acks, coalesced ([`crate::broker::acks`]).
     acks: Arc<Acks>,
     bulk_acks: Arc<Acks>,
 }
@@ -385,9 +386,7 @@ impl Consumers {
             .await?;
         let bulk = bulk_ch
             .basic_consume(
-                crate::broadcast::bulk_queue(&ctx.account.name)
-                    .as_str()
-                    .into(),
+                broker::bulk_queue(&ctx.account.name).as_str().into(),
                 format!("{tag}-bulk").as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -478,7 +477,8 @@ pub async fn run(
             let mut tick = tokio::time::interval(BROADCAST_REFRESH);
             loop {
                 tokio::select! { _ = tick.tick() => {}, _ = sd.cancelled() => break }
-                if let Err(e) = crate::broadcast::refresh(ctx.store.pool(), &ctx.account.name).await
+                if let Err(e) =
+                    crate::engine::broadcast::refresh(ctx.store.pool(), &ctx.account.name).await
                 {
                     tracing::debug!(account = %ctx.account.name, error = %format!("{e:#}"), "broadcast progress not refreshed");
                 }
@@ -779,9 +779,11 @@ fn delivery_key(account: &AccountConfig, job: &Job) -> DeliveryKey {
 }
 
 /// Decide a job's outcome: claim, then send with retries. Pure of acks and broker state.
-/// Fan a broadcast job out into its recipients' jobs (see [`crate::broadcast`]).
+/// Fan a broadcast job out into its recipients' jobs (see [`crate::engine::broadcast`]).
 async fn fan_out(ctx: &LaneCtx, job: &Job, body: &[u8]) -> Outcome {
-    match crate::broadcast::fan_out(&ctx.store, &ctx.publisher, &ctx.account, job, body).await {
+    match crate::engine::broadcast::fan_out(&ctx.store, &ctx.publisher, &ctx.account, job, body)
+        .await
+    {
         Ok(n) => {
             metrics::counter!(t::BROADCAST_RECIPIENTS, "account" => ctx.account.name.clone())
                 .increment(n as u64);
@@ -852,11 +854,6 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32, bulk: bool) -> Outcom
     send_with_retries(ctx, job, conv.as_ref(), attempts, parks, budget_left, bulk).await
 }
 
-/// WeCom allows replies only within 48 hours of the customer's last message…
-pub const WECOM_WINDOW: chrono::Duration = chrono::Duration::hours(48);
-/// …and at most 5 of them in that window.
-pub const WECOM_WINDOW_QUOTA: i32 = 5;
-
 /// Before asking the platform: does the WeCom allowance still permit a message? A job the
 /// platform would refuse anyway ends here, saving the customer's allowance for messages that
 /// can succeed. (Whether a human serves is asked in [`send_with_retries`], which paces and
@@ -878,7 +875,7 @@ async fn check_conversation(
         && let Some(last) = c.last_customer_msg_at
     {
         let age = chrono::Utc::now() - last;
-        if age > WECOM_WINDOW {
+        if age > allowance::WECOM_WINDOW {
             return Some(Outcome::Dead {
                 reason: "window_closed".into(),
                 errcode: None,
@@ -889,7 +886,7 @@ async fn check_conversation(
                 attempts,
             });
         }
-        if c.sent_since_customer >= WECOM_WINDOW_QUOTA {
+        if c.sent_since_customer >= allowance::WECOM_WINDOW_QUOTA {
             return Some(Outcome::Dead {
                 reason: "quota_exhausted".into(),
                 errcode: None,

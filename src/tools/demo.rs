@@ -11,10 +11,10 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use sqlx::Row;
 
+use crate::app::Worker;
 use crate::broker::{self, Publisher};
 use crate::config::{AccountConfig, Channel, Config, Rate, Secret};
-use crate::simulate;
-use crate::worker::Worker;
+use crate::tools::simulate;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -26,8 +26,7 @@ pub struct DemoArgs {
     pub listen: String,
 }
 
-/// A demo EncodingAESKey (43 chars, with the non-zero trailing bits real keys have).
-pub const DEMO_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+use crate::tools::fixtures::DEMO_AES_KEY;
 
 /// The demo accounts, pointed at `base_url`.
 pub fn demo_accounts(base_url: &str) -> Vec<AccountConfig> {
@@ -277,7 +276,7 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
     let missing = ids.len() - rows.len();
     if args.serve {
         println!("serving; Ctrl-C to stop");
-        crate::worker::signal().await;
+        crate::app::signal().await;
     }
     let _ = conn.close(200, "bye".into()).await;
     worker.stop().await?;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::config::{AccountConfig, Channel, Config, Secret};
 use crate::crypto::MsgCrypt;
-use crate::job::{self, Job, JobKind};
+use crate::domain::job::{self, Job, JobKind};
 use crate::policy::{self, Action, Api, CallResult};
 use crate::store::{Store, StoredToken};
 use crate::telemetry as t;

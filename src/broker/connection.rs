@@ -244,6 +244,11 @@ fn lane_args(cfg: &Config) -> FieldTable {
 }
 
 /// The durable delay tier of `secs` seconds: exchange and queue of the same name.
+/// The bulk queue of an account.
+pub fn bulk_queue(account: &str) -> String {
+    format!("wxdispatch.{account}.bulk")
+}
+
 pub fn retry_tier(secs: u64) -> String {
     format!("wxdispatch.retry.{secs}s")
 }
@@ -360,7 +365,7 @@ async fn declare_lane(ch: &Channel, cfg: &Config, a: &AccountConfig) -> anyhow::
     let q = a.queue();
     queue(ch, &q, lane_args(cfg)).await?;
     // The broadcast fan-out queue: same guarantees as the lane, consumed by the same process.
-    queue(ch, &crate::broadcast::bulk_queue(&a.name), lane_args(cfg)).await?;
+    queue(ch, &bulk_queue(&a.name), lane_args(cfg)).await?;
     bind(ch, &q, EXCHANGE, &a.name).await
 }
 

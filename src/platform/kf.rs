@@ -39,8 +39,8 @@ use chrono::{FixedOffset, NaiveDate, Offset, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::channel::{self, Platform};
 use crate::config::{AccountConfig, Channel, Config};
+use crate::platform::{self, Platform};
 use crate::policy::{self, Action, Api, CallResult};
 use crate::store::Store;
 
@@ -312,12 +312,12 @@ pub fn validate_userid(s: &str) -> Result<(), KfError> {
     Ok(())
 }
 
-/// An external_userid: the rule the job contract applies to `to` ([`crate::job::valid_recipient`]).
+/// An external_userid: the rule the job contract applies to `to` ([`crate::domain::job::valid_recipient`]).
 pub fn validate_external_userid(s: &str) -> Result<(), KfError> {
-    if !crate::job::valid_recipient(s) {
+    if !crate::domain::job::valid_recipient(s) {
         return Err(invalid(format!(
             "external_userid {s:?}: expected 1..={} characters without whitespace",
-            crate::job::MAX_RECIPIENT_CHARS
+            crate::domain::job::MAX_RECIPIENT_CHARS
         )));
     }
     Ok(())
@@ -655,7 +655,7 @@ impl KfClient {
     /// The config's account `name`, with the config's database (tokens) and HTTP settings.
     pub async fn connect(cfg: &Config, name: &str) -> Result<Self, KfError> {
         let account = wecom_account(cfg, name)?;
-        let http = channel::http_client(cfg).map_err(|e| KfError::Setup(format!("{e:#}")))?;
+        let http = platform::http_client(cfg).map_err(|e| KfError::Setup(format!("{e:#}")))?;
         let store = Store::connect(cfg)
             .await
             .map_err(|e| KfError::Setup(format!("token store: {e:#}")))?;
@@ -1835,7 +1835,7 @@ mod tests {
                 );
                 assert_eq!(
                     transition_allowed(from, to),
-                    crate::simulate::wecom::transition_allowed(from, to),
+                    crate::tools::simulate::wecom::transition_allowed(from, to),
                     "client and simulator agree on {from}->{to}"
                 );
             }

@@ -38,7 +38,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sha1::{Digest, Sha1};
 
-use crate::config::{AccountConfig, Channel};
+use crate::config::AccountConfig;
+use crate::domain::channel::Channel;
 
 /// Longest job id. The job id is sent as WeCom's `msgid`, which is "at most 32 bytes of
 /// `[0-9a-zA-Z_-]`" (kf/send_msg); CONTRACT.md §4 adopts the same rule for both channels.

@@ -1,6 +1,6 @@
 //! WeCom customer-service administration (`/cgi-bin/kf/…`): kf accounts, servicers, customers
 //! and statistics, served with the platform's token checks and validation errcodes from an
-//! in-memory model. `wxdispatch kf` ([`crate::kf`]) is the client.
+//! in-memory model. `wxdispatch kf` ([`crate::platform::kf`]) is the client.
 //!
 //! Every request is counted per API first (see `/_sim/kf/calls`), then checked like the
 //! other WeCom business APIs ([`super::wecom`]): the access token (missing 41001, unknown

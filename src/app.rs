@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{self, Broker, DeadHeaders, Publisher};
-use crate::channel::{self, Platform};
 use crate::config::{Channel, Config};
+use crate::engine::lane::{self, LaneCtx};
 use crate::http;
-use crate::lane::{self, LaneCtx};
+use crate::platform::{self, Platform};
 use crate::store::{DeadLetter, Store};
 use crate::telemetry as t;
 
@@ -44,7 +44,7 @@ impl Worker {
         // Connects, declares the topology, and reconnects whenever the connection dies.
         let broker = Broker::start(cfg.clone(), "wxdispatch-worker", shutdown.clone()).await?;
         let publisher = broker.publisher().await?;
-        let http_client = channel::http_client(&cfg)?;
+        let http_client = platform::http_client(&cfg)?;
         let mut tasks = JoinSet::new();
         let mut lanes = Vec::new();
         for a in &cfg.accounts {
@@ -62,12 +62,15 @@ impl Worker {
             tasks.spawn(async move { lane::run(ctx, broker, sd).await });
         }
         // Inbound: one sync_msg loop per WeCom account and open_kfid, woken by the callbacks.
-        let inbound = Arc::new(crate::sync::SyncHub::new(&cfg, broker.publisher().await?));
+        let inbound = Arc::new(crate::engine::inbound::SyncHub::new(
+            &cfg,
+            broker.publisher().await?,
+        ));
         for ctx in lanes.iter().filter(|l| l.account.channel == Channel::Wecom) {
             for kfid in &ctx.account.open_kfids {
                 let (ctx, hub, kfid) = (ctx.clone(), inbound.clone(), kfid.clone());
                 let sd = shutdown.clone();
-                tasks.spawn(async move { crate::sync::run(ctx, hub, kfid, sd).await });
+                tasks.spawn(async move { crate::engine::inbound::run(ctx, hub, kfid, sd).await });
             }
         }
         {
@@ -91,13 +94,8 @@ impl Worker {
         let http_addr = if cfg.http.listen.is_empty() {
             None
         } else {
-            let state = http::AppState::new(
-                cfg.clone(),
-                store.clone(),
-                broker.clone(),
-                lanes.clone(),
-                inbound.clone(),
-            );
+            let state =
+                http::AppState::new(cfg.clone(), store.clone(), broker.clone(), inbound.clone());
             let (addr, fut) = http::serve(&cfg.http.listen, state, shutdown.clone()).await?;
             tasks.spawn(fut);
             Some(addr)

@@ -25,16 +25,11 @@ use sqlx::{PgPool, Row};
 
 use crate::broker::Publisher;
 use crate::config::AccountConfig;
-use crate::job::{self, Job, JobKind};
+use crate::domain::job::{self, Job, JobKind};
 use crate::store::Store;
 
 /// Rows inserted (and messages published) per round trip while fanning out.
 const FANOUT_CHUNK: usize = 2_000;
-
-/// The bulk queue of an account.
-pub fn bulk_queue(account: &str) -> String {
-    format!("wxdispatch.{account}.bulk")
-}
 
 /// Unique, valid recipients in order, and how many were dropped.
 pub fn clean_recipients<'a>(raw: impl IntoIterator<Item = &'a str>) -> (Vec<String>, Skipped) {
@@ -123,7 +118,7 @@ pub async fn fan_out(
         }
         _ => anyhow::bail!("broadcast body is not a JSON object"),
     };
-    let queue = bulk_queue(&account.name);
+    let queue = crate::broker::bulk_queue(&account.name);
     for chunk in recipients.chunks(FANOUT_CHUNK) {
         let ids: Vec<String> = chunk
             .iter()
@@ -437,7 +432,7 @@ async fn publish(
         job::MAX_BROADCAST_RECIPIENTS
     );
     let id =
-        a.id.unwrap_or_else(|| format!("b-{}", &crate::cli::generate_job_id()[2..]));
+        a.id.unwrap_or_else(crate::domain::ids::generate_broadcast_id);
     let mut body = serde_json::json!({"kind": "broadcast", "job_id": id, "to": recipients, "message": message});
     if let Some(k) = a.open_kfid {
         body["open_kfid"] = Value::String(k);

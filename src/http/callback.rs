@@ -4,7 +4,7 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /callback/wecom/<account>?msg_signature&timestamp&nonce&echostr` | URL verification: answers the decrypted `echostr` as the bare body |
-//! | `POST /callback/wecom/<account>?msg_signature&timestamp&nonce` | `<xml><ToUserName/><AgentID/><Encrypt/></xml>`: a `kf_msg_or_event` wakes the [`crate::sync`] loop of its open_kfid with the callback Token; answers `success` at once |
+//! | `POST /callback/wecom/<account>?msg_signature&timestamp&nonce` | `<xml><ToUserName/><AgentID/><Encrypt/></xml>`: a `kf_msg_or_event` wakes the [`crate::engine::inbound`] loop of its open_kfid with the callback Token; answers `success` at once |
 //! | `POST /callback/chatbot/<account>` | `{"encrypted": "<base64>"}`: decrypted, published to `wxdispatch.inbound` (`<account>.<msgtype>`), stored in `inbound_messages`; answers `success` |
 //!
 //! WeCom callbacks are authenticated by `msg_signature` (SHA-1 over the account's callback
@@ -36,8 +36,8 @@ use tracing::{debug, info, warn};
 use crate::broker;
 use crate::config::{AccountConfig, Channel};
 use crate::crypto::{CryptoError, MsgCrypt};
-use crate::http::AppState;
-use crate::sync::{self, Inbound};
+use crate::engine::inbound::{self, Inbound};
+use crate::http::state::AppState;
 use crate::telemetry as t;
 
 /// A WeCom callback whose `timestamp` is further than this from our clock is refused: it is
@@ -49,7 +49,7 @@ const MAX_XML_DEPTH: usize = 8;
 /// The body WeCom expects from an event callback (anything else makes it retry).
 const WECOM_ACK: &str = "success";
 
-/// The callback routes, merged into [`crate::http::router`].
+/// The callback routes, merged into [`crate::http::server::router`].
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(
@@ -308,7 +308,7 @@ async fn handle_chatbot_push(
         warn!(account, error = %e, "chatbot push: database unavailable");
         Reject::Unavailable
     })?;
-    let known = sync::already_stored(&mut conn, account, &[msg.msgid.as_str()])
+    let known = inbound::already_stored(&mut conn, account, &[msg.msgid.as_str()])
         .await
         .map_err(|e| {
             warn!(account, error = %format!("{e:#}"), "chatbot push: database unavailable");
@@ -320,13 +320,13 @@ async fn handle_chatbot_push(
     }
     // Publish (confirmed), then store: a failure in between answers 503, the platform
     // retries, and the message is published again (consumers dedupe by message_id).
-    sync::publish_inbound(s.inbound.publisher(), account, &[&msg])
+    inbound::publish_inbound(s.inbound.publisher(), account, &[&msg])
         .await
         .map_err(|e| {
             warn!(account, error = %format!("{e:#}"), "chatbot push: broker unavailable");
             Reject::Unavailable
         })?;
-    let inserted = sync::insert_messages(&mut conn, account, std::slice::from_ref(&msg))
+    let inserted = inbound::insert_messages(&mut conn, account, std::slice::from_ref(&msg))
         .await
         .map_err(|e| {
             warn!(account, error = %format!("{e:#}"), "chatbot push: not stored");
@@ -372,10 +372,10 @@ pub fn chatbot_inbound(_account: &AccountConfig, plain: &[u8]) -> Result<Inbound
         })
     };
     let msgid = get(&["msgid", "msg_id"])
-        .map(|id| sync::normalize_msgid(&id))
-        .unwrap_or_else(|| sync::content_id(plain));
+        .map(|id| inbound::normalize_msgid(&id))
+        .unwrap_or_else(|| inbound::content_id(plain));
     let msgtype = match get(&["msgtype", "msg_type"]) {
-        Some(t) => sync::routing_word(&t.to_ascii_lowercase()),
+        Some(t) => inbound::routing_word(&t.to_ascii_lowercase()),
         None if get(&["event"]).is_some() => "event".to_owned(),
         None => "other".to_owned(),
     };
@@ -576,7 +576,7 @@ mod tests {
         let xml = b"<xml><openid>oU2</openid><event>waiterEnter</event></xml>";
         let m = chatbot_inbound(&a, xml).unwrap();
         assert_eq!(m.msgtype, "event");
-        assert_eq!(m.msgid, sync::content_id(xml));
+        assert_eq!(m.msgid, inbound::content_id(xml));
         assert_eq!(m.msgid, chatbot_inbound(&a, xml).unwrap().msgid);
         assert!(chatbot_inbound(&a, b"[1,2]").is_err());
         assert!(chatbot_inbound(&a, &[0xff, 0xfe]).is_err());

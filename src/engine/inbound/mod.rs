@@ -1,6 +1,6 @@
 //! Inbound messages from WeCom: the `sync_msg` cursor loop, one per account and open_kfid.
 //!
-//! WeCom does not push messages; its callback (`kf_msg_or_event`, see [`crate::callback`])
+//! WeCom does not push messages; its callback (`kf_msg_or_event`, see [`crate::http::callback`])
 //! only says "something happened on this open_kfid" and carries a short-lived `Token`. The
 //! messages themselves are read with `POST /cgi-bin/kf/sync_msg` from a cursor. [`run`] is that
 //! reader for one `(account, open_kfid)`:
@@ -56,7 +56,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::{self, Publisher};
 use crate::config::{Channel, Config};
-use crate::lane::LaneCtx;
+use crate::engine::lane::LaneCtx;
 use crate::policy::{self, Action, Api, CallResult};
 use crate::telemetry as t;
 
@@ -840,7 +840,7 @@ async fn pull_locked(
     ctx: &LaneCtx,
     hub: &SyncHub,
     slot: &Slot,
-    tokens: &crate::channel::TokenManager,
+    tokens: &crate::platform::TokenManager,
     open_kfid: &str,
     conn: &mut PgConnection,
     shutdown: &CancellationToken,

@@ -9,11 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sqlx::Row;
 
+use crate::app::{self, Worker};
 use crate::broker::{self, Publisher};
 use crate::config::Config;
-use crate::job;
+use crate::domain::job;
 use crate::store;
-use crate::worker::{self, Worker};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,23 +41,23 @@ pub enum Command {
     Status { job_id: String },
     /// Publish a broadcast (recipients from a file) and show its progress; or
     /// `broadcast status <id>` / `broadcast cancel <id>`.
-    Broadcast(crate::broadcast::BroadcastArgs),
+    Broadcast(crate::engine::broadcast::BroadcastArgs),
     /// Serve a local simulator of the Dialogue Open Platform and WeCom kf APIs.
-    Simulate(crate::simulate::SimArgs),
+    Simulate(crate::tools::simulate::SimArgs),
     /// Validate the configuration and print it with secrets masked.
     CheckConfig,
     /// Start the simulator and a worker on demo accounts, send one job of every message type,
     /// print what happened. Uses the local RabbitMQ and Postgres.
-    Demo(crate::demo::DemoArgs),
+    Demo(crate::tools::demo::DemoArgs),
     /// Dead letters: list them, replay them after fixing the cause.
     Dlq(crate::ops::DlqArgs),
     /// Deliveries per account and status, dead letters per reason.
     Stats(crate::ops::StatsArgs),
     /// Measure throughput, latency, memory, crypto and limiter accuracy against the local
     /// RabbitMQ, Postgres and simulator; prints one table. Build with --release.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// WeCom customer service administration: kf accounts, servicers, customers, sessions, statistics.
-    Kf(crate::kf::KfArgs),
+    Kf(crate::platform::kf::KfArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,7 +136,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let w = Worker::start(cfg).await?;
             let sd = w.shutdown_token();
             tokio::spawn(async move {
-                worker::signal().await;
+                app::signal().await;
                 tracing::info!("signal received; shutting down gracefully");
                 sd.cancel();
             });
@@ -157,9 +157,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Send(args) => send(load(&cli.config)?, args).await,
         Command::Status { job_id } => status(load(&cli.config)?, &job_id).await,
-        Command::Broadcast(args) => crate::broadcast::cli(load(&cli.config)?, args).await,
-        Command::Simulate(args) => crate::simulate::run_cli(&load(&cli.config)?, args).await,
-        Command::Demo(args) => crate::demo::run(cli.config.as_deref(), args).await,
+        Command::Broadcast(args) => crate::engine::broadcast::cli(load(&cli.config)?, args).await,
+        Command::Simulate(args) => crate::tools::simulate::run_cli(&load(&cli.config)?, args).await,
+        Command::Demo(args) => crate::tools::demo::run(cli.config.as_deref(), args).await,
         Command::Dlq(args) => crate::ops::dlq(load(&cli.config)?, args)
             .await
             .map_err(|e| match e.downcast::<crate::ops::UsageError>() {
@@ -167,22 +167,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => e,
             }),
         Command::Stats(args) => crate::ops::stats_cmd(load(&cli.config)?, args).await,
-        Command::Bench(args) => crate::bench::run(cli.config.as_deref(), args).await,
-        Command::Kf(args) => crate::kf::run(load(&cli.config)?, args).await.map_err(|e| {
-            match e.downcast::<crate::kf::KfError>() {
+        Command::Bench(args) => crate::tools::bench::run(cli.config.as_deref(), args).await,
+        Command::Kf(args) => crate::platform::kf::run(load(&cli.config)?, args)
+            .await
+            .map_err(|e| match e.downcast::<crate::platform::kf::KfError>() {
                 Ok(k) if k.is_usage() => ConfigError(k.to_string()).into(),
                 Ok(k) => k.into(),
                 Err(e) => e,
-            }
-        }),
+            }),
     }
-}
-
-/// A job id for jobs published without one: time-ordered and unique enough per publisher.
-pub fn generate_job_id() -> String {
-    let now = chrono::Utc::now();
-    let r: u32 = rand::random();
-    format!("j-{}-{:08x}", now.format("%Y%m%d%H%M%S%3f"), r)
 }
 
 async fn send(cfg: Config, a: SendArgs) -> anyhow::Result<()> {
@@ -220,7 +213,10 @@ async fn send(cfg: Config, a: SendArgs) -> anyhow::Result<()> {
         );
     }
     if !obj.contains_key("job_id") {
-        obj.insert("job_id".into(), generate_job_id().into());
+        obj.insert(
+            "job_id".into(),
+            crate::domain::ids::generate_job_id().into(),
+        );
     }
     let body = serde_json::to_vec(&job)?;
     // Validate locally when the account is known here, so mistakes surface before publishing.
@@ -314,7 +310,7 @@ async fn status(cfg: Config, job_id: &str) -> anyhow::Result<()> {
                 let sent: i32 = c.get("sent_since_customer");
                 match last {
                     Some(t) => {
-                        let left = t + crate::lane::WECOM_WINDOW - chrono::Utc::now();
+                        let left = t + crate::domain::allowance::WECOM_WINDOW - chrono::Utc::now();
                         writeln!(out, "  customer's last message  {}", t.to_rfc3339())?;
                         if left > chrono::Duration::zero() {
                             writeln!(
@@ -329,7 +325,7 @@ async fn status(cfg: Config, job_id: &str) -> anyhow::Result<()> {
                         writeln!(
                             out,
                             "  allowance                {sent} of {} used",
-                            crate::lane::WECOM_WINDOW_QUOTA
+                            crate::domain::allowance::WECOM_WINDOW_QUOTA
                         )?;
                     }
                     None => writeln!(

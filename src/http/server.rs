@@ -1,6 +1,6 @@
 //! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (and the platform callbacks).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,9 +10,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::lane::LaneCtx;
-use crate::store::Store;
+use crate::http::state::AppState;
 
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
@@ -21,41 +19,12 @@ pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-#[derive(Clone)]
-pub struct AppState {
-    pub cfg: Arc<Config>,
-    pub store: Store,
-    /// The broker connection (replaced on reconnect), for `/readyz`.
-    pub broker: Arc<crate::broker::Broker>,
-    pub lanes: Vec<Arc<LaneCtx>>,
-    /// Wakes the sync loops and publishes inbound messages (the callbacks' side).
-    pub inbound: Arc<crate::sync::SyncHub>,
-}
-
-impl AppState {
-    pub fn new(
-        cfg: Arc<Config>,
-        store: Store,
-        broker: Arc<crate::broker::Broker>,
-        lanes: Vec<Arc<LaneCtx>>,
-        inbound: Arc<crate::sync::SyncHub>,
-    ) -> Self {
-        Self {
-            cfg,
-            store,
-            broker,
-            lanes,
-            inbound,
-        }
-    }
-}
-
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .merge(crate::callback::routes())
+        .merge(crate::http::callback::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.http.max_body_bytes,
         ))

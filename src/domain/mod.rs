@@ -1,0 +1,6 @@
+//! The pure vocabulary of wxdispatch: jobs, channels, ids. No I/O, no runtime.
+
+pub mod allowance;
+pub mod channel;
+pub mod ids;
+pub mod job;

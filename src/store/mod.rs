@@ -1,0 +1,6 @@
+//! Postgres: every SQL statement of wxdispatch, one file per table group. The pool itself stays
+//! private to this module.
+
+pub mod pool;
+
+pub use pool::*;
