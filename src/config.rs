@@ -331,6 +331,24 @@ impl AccountConfig {
     }
 }
 
+impl crate::domain::account::AccountView for AccountConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn channel(&self) -> Channel {
+        self.channel
+    }
+    fn open_kfids(&self) -> &[String] {
+        &self.open_kfids
+    }
+    fn appid(&self) -> Option<&str> {
+        self.appid.as_deref()
+    }
+    fn default_channel(&self) -> i64 {
+        self.default_channel
+    }
+}
+
 /// Account names become queue names and routing keys (`<account>.<msgtype>`), so no dots.
 fn valid_account_name(n: &str) -> bool {
     !n.is_empty()
