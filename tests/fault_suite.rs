@@ -22,8 +22,9 @@
 //!
 //! Not covered: a handler panic (`internal_error`). No input makes the real handler panic (it
 //! validates at the boundary and has no panicking paths), and a panic trigger only for tests
-//! does not belong in production code; the containment itself is plain `tokio::spawn` +
-//! `JoinError::is_panic` in `lane::handle`.
+//! does not belong in production code; the containment itself is `catch_unwind` around the
+//! job's future in the lane's job handler (`engine::lane`), which dead-letters the job as
+//! `internal_error` and lets the lane go on.
 
 #[allow(dead_code)]
 #[path = "it/harness.rs"]
