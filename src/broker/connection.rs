@@ -543,17 +543,7 @@ pub struct DeadHeaders<'a> {
     pub attempts: i32,
 }
 
-/// Cut a string at a char boundary.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+pub use crate::text::truncate;
 
 /// Read a header as a string (for `dlq` tools and tests).
 pub fn header_str(props: &BasicProperties, key: &str) -> Option<String> {
@@ -579,11 +569,5 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_amqp_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h…");
-        assert_eq!(truncate("abc", 5), "abc");
     }
 }
