@@ -181,16 +181,10 @@ impl Broker {
     }
 }
 
-/// `amqp://user:pw@host/vhost` → `amqp://user:***@host/vhost`.
+/// `amqp://user:pw@host/vhost` → `amqp://user:***@host/vhost` (see
+/// [`crate::config::redact_url_password`]).
 pub fn redact_amqp_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    crate::config::redact_url_password(url)
 }
 
 #[cfg(test)]
