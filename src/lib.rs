@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | pure | [`alloc`] | the allocator's settings |
 //! | pure | [`crypto`] | WXBizMsgCrypt (encrypt, decrypt, signature) |
+//! | pure | [`text`] | cutting and flattening quoted text: `truncate`, `clip_chars`, `one_line` |
 //! | pure | [`telemetry`] | metric names, logging setup |
 //! | pure | [`domain`] | the vocabulary: jobs (parsing at the boundary, rendering of platform requests), channels, ids, the WeCom allowance |
 //! | pure | [`policy`] | decisions: errcode → action, one table-tested function |
@@ -56,4 +57,5 @@ pub mod platform;
 pub mod policy;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tools;

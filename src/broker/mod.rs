@@ -3,5 +3,17 @@
 
 pub mod acks;
 pub mod connection;
+pub mod headers;
+pub mod publisher;
+pub mod topology;
 
-pub use connection::*;
+pub use crate::text::truncate;
+pub use connection::{Broker, connect, redact_amqp_url};
+pub use headers::{
+    DeadHeaders, H_ACCOUNT, H_ATTEMPTS, H_ERRCODE, H_ERRMSG, H_OPEN_KFID, H_PARKS, H_PUBLISHED_MS,
+    H_REASON, header_str,
+};
+pub use publisher::Publisher;
+pub use topology::{
+    DEAD, EXCHANGE, INBOUND, UNROUTABLE, bulk_queue, declare_topology, lane_queue, retry_tier,
+};

@@ -1,0 +1,155 @@
+//! One `[[account]]`: its platform, credentials and rate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+use crate::crypto;
+use crate::domain::channel::Channel;
+
+/// An account's rate: `{ per_second = 50, burst = 10 }` or `{ per_minute = 10000 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: Option<u32>,
+    pub per_minute: Option<u32>,
+    /// Requests allowed back to back; defaults to one second's worth, at least 1.
+    pub burst: Option<u32>,
+    /// `true` turns the limiter off (benchmarks only).
+    #[serde(default)]
+    pub unlimited: bool,
+}
+
+impl Rate {
+    /// Interval between replenished cells.
+    pub fn period(&self) -> Option<Duration> {
+        if self.unlimited {
+            return None;
+        }
+        match (self.per_second, self.per_minute) {
+            (Some(n), _) if n > 0 => Some(Duration::from_secs_f64(1.0 / f64::from(n))),
+            (None, Some(n)) if n > 0 => Some(Duration::from_secs_f64(60.0 / f64::from(n))),
+            _ => None,
+        }
+    }
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or_else(|| {
+            self.per_second
+                .or(self.per_minute.map(|m| m / 60))
+                .unwrap_or(1)
+                .max(1)
+        })
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub name: String,
+    pub channel: Channel,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub rate: Rate,
+    // chatbot
+    #[serde(default)]
+    pub appid: Option<String>,
+    #[serde(default)]
+    pub default_channel: i64,
+    // wecom
+    #[serde(default)]
+    pub corpid: Option<String>,
+    #[serde(default)]
+    pub secret: Secret,
+    #[serde(default, skip_serializing)]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub open_kfids: Vec<String>,
+    // both: the chatbot TOKEN / WeCom callback token, and the EncodingAESKey
+    #[serde(default)]
+    pub token: Secret,
+    #[serde(default, skip_serializing)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub encoding_aes_key: Secret,
+    #[serde(default, skip_serializing)]
+    pub encoding_aes_key_file: Option<PathBuf>,
+}
+
+impl AccountConfig {
+    pub fn base_url(&self) -> &str {
+        self.base_url.as_deref().unwrap_or(match self.channel {
+            Channel::Chatbot => "https://chatbot.weixin.qq.com",
+            Channel::Wecom => "https://qyapi.weixin.qq.com",
+        })
+    }
+
+    /// The lane queue of this account: the same name as `broker::lane_queue`, which is its
+    /// home (the settings sit below the broker and cannot call it).
+    pub fn queue(&self) -> String {
+        format!("wxdispatch.{}", self.name)
+    }
+
+    /// The WXBizMsgCrypt receive id: the chatbot APPID or the WeCom corpid.
+    pub fn receive_id(&self) -> &str {
+        match self.channel {
+            Channel::Chatbot => self.appid.as_deref().unwrap_or(""),
+            Channel::Wecom => self.corpid.as_deref().unwrap_or(""),
+        }
+    }
+
+    /// The account's WXBizMsgCrypt, when it has a key (chatbot always; WeCom for callbacks).
+    pub fn crypt(&self) -> Option<crypto::MsgCrypt> {
+        if self.encoding_aes_key.is_empty() {
+            return None;
+        }
+        crypto::MsgCrypt::new(
+            self.token.expose(),
+            self.encoding_aes_key.expose(),
+            self.receive_id(),
+        )
+        .ok()
+    }
+}
+
+impl crate::domain::account::AccountView for AccountConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn channel(&self) -> Channel {
+        self.channel
+    }
+    fn open_kfids(&self) -> &[String] {
+        &self.open_kfids
+    }
+    fn appid(&self) -> Option<&str> {
+        self.appid.as_deref()
+    }
+    fn default_channel(&self) -> i64 {
+        self.default_channel
+    }
+}
+
+/// Account names become queue names and routing keys (`<account>.<msgtype>`), so no dots.
+pub(super) fn valid_account_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// How an account is named in `WXDISPATCH__ACCOUNT__<NAME>__KEY`: upper-cased, every
+/// non-alphanumeric as `_`.
+pub(super) fn env_key_of(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,32 @@
+//! The settings tree: `wxdispatch.toml`, overridden key by key from the environment.
+//!
+//! * File: `--config PATH`, else `$WXDISPATCH_CONFIG`, else `./wxdispatch.toml` if it exists,
+//!   else the built-in defaults (which declare no account).
+//! * Environment: `WXDISPATCH__SECTION__KEY=value` sets `[section] key`. Accounts are addressed by
+//!   name (upper-cased, non-alphanumerics as `_`) or index: `WXDISPATCH__ACCOUNT__SUPPORT__SECRET`,
+//!   `WXDISPATCH__ACCOUNT__0__RATE='{ per_second = 5 }'`. A value is read as a TOML value when
+//!   it parses as one (numbers, booleans, arrays, inline tables), otherwise as a string.
+//! * Secrets (`token`, `secret`, `encoding_aes_key`, `[database] password`) may also be given as
+//!   `<key>_file = "path"`. They are held in [`Secret`], whose `Debug`, `Display` and `Serialize`
+//!   print `***`, so no log line, error or `check-config` output can carry them.
+//!
+//! [`Config::validate`] fails fast with one line that names the offending key.
+
+mod account;
+mod layers;
+mod load;
+mod model;
+mod secret;
+mod urls;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::domain::channel::Channel;
+pub use account::{AccountConfig, Rate};
+pub use model::{
+    BrokerConfig, Config, DatabaseConfig, HttpConfig, RetryConfig, SyncConfig, WorkerConfig,
+};
+pub use secret::Secret;
+pub use urls::redact_url_password;

@@ -1,0 +1,202 @@
+use super::*;
+
+const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+fn base() -> String {
+    format!(
+        r#"
+[[account]]
+name = "bot"
+channel = "chatbot"
+token = "tok-secret-1"
+encoding_aes_key = "{KEY}"
+appid = "APPID123"
+rate = {{ per_second = 50, burst = 10 }}
+
+[[account]]
+name = "kf"
+channel = "wecom"
+corpid = "ww123"
+secret = "corp-secret-2"
+open_kfids = ["wkA"]
+rate = {{ per_minute = 600 }}
+"#
+    )
+}
+
+#[test]
+fn parses_defaults_and_accounts() {
+    let c = Config::from_toml_with_env(&base(), &[]).unwrap();
+    assert_eq!(c.accounts.len(), 2);
+    assert_eq!(c.broker.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(c.accounts[1].rate.burst(), 10);
+    assert_eq!(c.accounts[0].base_url(), "https://chatbot.weixin.qq.com");
+}
+
+#[test]
+fn env_overrides_by_name_index_and_section() {
+    let env = vec![
+        ("WXDISPATCH__ACCOUNT__KF__SECRET".into(), "from-env".into()),
+        (
+            "WXDISPATCH__ACCOUNT__0__RATE".into(),
+            "{ per_second = 7 }".into(),
+        ),
+        ("WXDISPATCH__BROKER__PREFETCH".into(), "33".into()),
+        ("WXDISPATCH__HTTP__LISTEN".into(), "127.0.0.1:1".into()),
+    ];
+    let c = Config::from_toml_with_env(&base(), &env).unwrap();
+    assert_eq!(c.accounts[1].secret.expose(), "from-env");
+    assert_eq!(c.accounts[0].rate.per_second, Some(7));
+    assert_eq!(c.broker.prefetch, 33);
+    assert_eq!(c.http.listen, "127.0.0.1:1");
+}
+
+#[test]
+fn secrets_from_files_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s");
+    std::fs::write(&f, "file-secret-3\n").unwrap();
+    let text = base().replace(
+        "secret = \"corp-secret-2\"",
+        &format!("secret_file = {:?}", f),
+    );
+    let c = Config::from_toml_with_env(&text, &[]).unwrap();
+    assert_eq!(c.accounts[1].secret.expose(), "file-secret-3");
+    let shown = format!("{c:?}\n{}", c.to_redacted_toml());
+    for s in ["tok-secret-1", "file-secret-3", KEY] {
+        assert!(!shown.contains(s), "{s} leaked");
+    }
+}
+
+#[test]
+fn invalid_config_names_the_key() {
+    let e =
+        Config::from_toml_with_env(&base().replace("appid = \"APPID123\"", ""), &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("account[0] (bot).appid"), "{e:#}");
+    let e = Config::from_toml_with_env(&base().replace("secret = \"corp-secret-2\"", ""), &[])
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("WXDISPATCH__ACCOUNT__KF__SECRET"),
+        "{e:#}"
+    );
+    let e = Config::from_toml_with_env(&base().replace(KEY, "tooshort"), &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("encoding_aes_key"), "{e:#}");
+    let e = Config::from_toml_with_env("[broker]\nprefetch = 0\n", &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("broker.prefetch"), "{e:#}");
+    let e = Config::from_toml_with_env("[brokr]\nurl = 'x'\n", &[]).unwrap_err();
+    assert!(format!("{e:#}").contains("brokr"), "{e:#}");
+    let e = Config::from_toml_with_env(&base().replace("name = \"kf\"", "name = \"bot\""), &[])
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("duplicate"), "{e:#}");
+}
+
+#[test]
+fn database_password_is_spliced_into_url() {
+    let env = vec![("WXDISPATCH__DATABASE__PASSWORD".into(), "p@ss w".into())];
+    let c = Config::from_toml_with_env("", &env).unwrap();
+    assert_eq!(
+        c.database_url(),
+        "postgres://postgres:p%40ss%20w@127.0.0.1:5432/wxdispatch"
+    );
+    assert!(!format!("{c:?}").contains("p@ss"));
+}
+
+#[test]
+fn type_errors_name_the_key_and_the_variable() {
+    let text = base().replace("per_minute = 600", "per_second = 'x'");
+    let e = Config::from_toml_with_env(&text, &[]).unwrap_err();
+    let shown = format!("{e:#}");
+    assert!(
+        shown.starts_with("account[1].rate.per_second: invalid type: found string \"x\""),
+        "{shown}"
+    );
+    assert!(!shown.contains("from"), "{shown}");
+
+    let env = vec![("WXDISPATCH__BROKER__PREFETCH".into(), "many".into())];
+    let e = Config::from_toml_with_env(&base(), &env).unwrap_err();
+    let shown = format!("{e:#}");
+    assert!(
+        shown.starts_with("broker.prefetch: invalid type"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(from environment variable WXDISPATCH__BROKER__PREFETCH)"),
+        "{shown}"
+    );
+
+    let env = vec![("WXDISPATCH__BROKER__PREFETCH".into(), "70000".into())];
+    let e = Config::from_toml_with_env(&base(), &env).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("broker.prefetch: invalid value"),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_give_line_and_column() {
+    let e = Config::from_toml_with_env("[broker]\nprefetch = \n", &[]).unwrap_err();
+    let shown = format!("{e:#}");
+    assert!(
+        shown.starts_with("TOML syntax error at line 2, column 12: "),
+        "{shown}"
+    );
+    assert!(!shown.contains('\n'), "{shown}");
+}
+
+#[test]
+fn env_overrides_that_cannot_apply_name_the_variable() {
+    for (k, v, want) in [
+        (
+            "WXDISPATCH__BROKER",
+            "x",
+            "expected WXDISPATCH__SECTION__KEY",
+        ),
+        (
+            "WXDISPATCH__ACCOUNT__9__TOKEN",
+            "x",
+            "no account at index 9",
+        ),
+        (
+            "WXDISPATCH__ACCOUNT__NOPE__TOKEN",
+            "x",
+            "no account named 'nope'",
+        ),
+        (
+            "WXDISPATCH__ACCOUNT__KF",
+            "x",
+            "expected WXDISPATCH__ACCOUNT__",
+        ),
+        ("WXDISPATCH__BROKER__URL__X", "x", "'url' is not a section"),
+    ] {
+        let env = vec![(k.to_owned(), v.to_owned())];
+        let text = format!("[broker]\nurl = \"amqp://h\"\n{}", base());
+        let e = Config::from_toml_with_env(&text, &env).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(
+            shown.starts_with(&format!("environment variable {k}: ")),
+            "{shown}"
+        );
+        assert!(shown.contains(want), "{k}: {shown}");
+    }
+}
+
+#[test]
+fn env_overrides_accumulate_on_one_account_and_keep_the_rest() {
+    let env = vec![
+        ("WXDISPATCH__ACCOUNT__BOT__APPID".into(), "APP2".into()),
+        (
+            "WXDISPATCH__ACCOUNT__0__BASE_URL".into(),
+            "http://127.0.0.1:1".into(),
+        ),
+        ("WXDISPATCH__RETRY__TIERS_SECS".into(), "[1, 2]".into()),
+        ("OTHER__BROKER__PREFETCH".into(), "0".into()),
+    ];
+    let c = Config::from_toml_with_env(&base(), &env).unwrap();
+    assert_eq!(c.accounts[0].appid.as_deref(), Some("APP2"));
+    assert_eq!(c.accounts[0].base_url(), "http://127.0.0.1:1");
+    assert_eq!(c.accounts[0].token.expose(), "tok-secret-1");
+    assert_eq!(c.accounts[0].rate.per_second, Some(50));
+    assert_eq!(c.accounts[1].secret.expose(), "corp-secret-2");
+    assert_eq!(c.retry.tiers_secs, vec![1, 2]);
+    assert_eq!(c.broker.prefetch, 512);
+}
