@@ -13,6 +13,7 @@ use crate::domain::account::AccountView;
 use crate::domain::channel::Channel;
 use crate::domain::ids::{MAX_RECIPIENT_CHARS, valid_job_id, valid_recipient};
 use crate::domain::reason::Reason;
+use crate::domain::service_state::ServiceState;
 
 /// Recipients of one broadcast job (CONTRACT.md §6).
 pub const MAX_BROADCAST_RECIPIENTS: usize = 100_000;
@@ -370,8 +371,9 @@ fn transfer_of(obj: &Map<String, Value>, channel: Channel) -> R<Transfer> {
                         "service_state: missing (a WeCom transfer needs the target state 1-4)",
                     );
                 }
-                Some(v) => match v.as_i64() {
-                    Some(n) if (1..=4).contains(&n) => n,
+                // A transfer moves to a state; 0 (new) is where a conversation starts, not a target.
+                Some(v) => match v.as_i64().and_then(ServiceState::from_code) {
+                    Some(s) if s != ServiceState::New => s,
                     _ => {
                         return reject(
                             Reason::InvalidTransfer,
@@ -398,17 +400,20 @@ fn transfer_of(obj: &Map<String, Value>, channel: Channel) -> R<Transfer> {
                 }
             };
             match (state, &servicer) {
-                (3, None) => reject(
+                (ServiceState::Human, None) => reject(
                     Reason::InvalidTransfer,
                     "servicer_userid: required with service_state 3 (human servicer)",
                 ),
                 // The platform: "第一次进入【3 人工接待】时必填，其他情况不填".
-                (s, Some(_)) if s != 3 => reject(
+                (s, Some(_)) if s != ServiceState::Human => reject(
                     Reason::InvalidTransfer,
-                    format!("servicer_userid: only allowed with service_state 3, not {s}"),
+                    format!(
+                        "servicer_userid: only allowed with service_state 3, not {}",
+                        s.code()
+                    ),
                 ),
                 _ => Ok(Transfer {
-                    service_state: Some(state),
+                    service_state: Some(state.code()),
                     servicer_userid: servicer,
                     kefustate: None,
                 }),
