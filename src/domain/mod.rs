@@ -1,8 +1,10 @@
-//! The pure vocabulary of wxdispatch: jobs, channels, ids. No I/O, no runtime.
+//! The pure vocabulary of wxdispatch: jobs, channels, ids, service states, dead-letter reasons.
+//! No I/O, no runtime.
 
 pub mod account;
 pub mod allowance;
 pub mod channel;
 pub mod ids;
 pub mod job;
+pub mod reason;
 pub mod service_state;

@@ -3,12 +3,13 @@
 //! [`classify`] is a pure function of the channel, the API and the call's result. "HTTP 200 with
 //! errcode ≠ 0" is the common failure shape of both platforms and a first-class case here. The
 //! table follows `shared/reference/wechat-api.md`; the README reproduces it for operators.
-//! Anything the table does not know is dead-lettered as `unknown_errcode` (replayable) rather
+//! Anything the table does not know is dead-lettered as [`Reason::UnknownErrcode`] (replayable) rather
 //! than retried blindly: an unknown code is more often a request problem than a transient one.
 
 use std::time::Duration;
 
 use crate::domain::channel::Channel;
+use crate::domain::reason::Reason;
 
 /// The outcome of one HTTP call to a platform, before interpretation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub enum Action {
     HumanServing,
     /// Permanent for this job: dead-letter with this reason. `alert` marks configuration
     /// problems an operator must fix (bad secret, API switched off, IP not allowed, …).
-    DeadLetter { reason: &'static str, alert: bool },
+    DeadLetter { reason: Reason, alert: bool },
 }
 
 /// WeCom's minute-level frequency block lasts 60 s; asking earlier only extends it.
@@ -64,7 +65,7 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
         alert: false,
     };
     let config = DeadLetter {
-        reason: "config_error",
+        reason: Reason::ConfigError,
         alert: true,
     };
     match result {
@@ -85,10 +86,10 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
             (Channel::Chatbot, _, 1001) => config, // TOKEN invalid
             (Channel::Chatbot, _, 1002) => config, // bot failed review
             (Channel::Chatbot, _, 1003..=1006) => config, // signature problems
-            (Channel::Chatbot, _, 1007 | 1008 | 1011) => dead("invalid_request"),
+            (Channel::Chatbot, _, 1007 | 1008 | 1011) => dead(Reason::InvalidRequest),
             (Channel::Chatbot, _, 1013 | 1019) => config, // encryption parameters / API not enabled
             (Channel::Chatbot, _, 3005) => config,        // account not verified
-            (Channel::Chatbot, _, 3014) => dead("content_rejected"), // sensitive words
+            (Channel::Chatbot, _, 3014) => dead(Reason::ContentRejected), // sensitive words
             (Channel::Chatbot, _, 210205) => Throttle {
                 min_pause: CHATBOT_THROTTLE_PAUSE,
             },
@@ -103,16 +104,16 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
             (Channel::Wecom, Api::Business, 40001 | 40014 | 42001 | 41001) => RefreshToken,
             (Channel::Wecom, Api::GetToken, 40014 | 42001 | 41001) => config,
             (Channel::Wecom, _, 40013 | 40091 | 48002 | 60020 | 95017) => config,
-            (Channel::Wecom, _, 40003 | 40096) => dead("invalid_recipient"),
-            (Channel::Wecom, _, 40007) => dead("invalid_media"),
-            (Channel::Wecom, _, 40008 | 40035 | 40058 | 45002) => dead("invalid_request"),
-            (Channel::Wecom, _, 95000 | 95004) => dead("invalid_open_kfid"),
-            (Channel::Wecom, _, 95001) => dead("quota_exhausted"),
-            (Channel::Wecom, _, 95002) => dead("window_closed"),
-            (Channel::Wecom, _, 95013) => dead("session_closed"),
+            (Channel::Wecom, _, 40003 | 40096) => dead(Reason::InvalidRecipient),
+            (Channel::Wecom, _, 40007) => dead(Reason::InvalidMedia),
+            (Channel::Wecom, _, 40008 | 40035 | 40058 | 45002) => dead(Reason::InvalidRequest),
+            (Channel::Wecom, _, 95000 | 95004) => dead(Reason::InvalidOpenKfid),
+            (Channel::Wecom, _, 95001) => dead(Reason::QuotaExhausted),
+            (Channel::Wecom, _, 95002) => dead(Reason::WindowClosed),
+            (Channel::Wecom, _, 95013) => dead(Reason::SessionClosed),
             (Channel::Wecom, _, 95018) => HumanServing,
-            (Channel::Wecom, _, 95007) => dead("invalid_sync_token"),
-            _ => dead("unknown_errcode"),
+            (Channel::Wecom, _, 95007) => dead(Reason::InvalidSyncToken),
+            _ => dead(Reason::UnknownErrcode),
         },
     }
 }
@@ -128,7 +129,7 @@ mod tests {
             msg: String::new(),
         }
     }
-    fn reason(a: Action) -> &'static str {
+    fn reason(a: Action) -> Reason {
         match a {
             Action::DeadLetter { reason, .. } => reason,
             other => panic!("expected a dead letter, got {other:?}"),
@@ -206,10 +207,11 @@ mod tests {
         ];
         for (ch, api, c, want, alert) in dead {
             let got = classify(ch, api, &code(c));
+            let want_reason: Reason = want.parse().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(
                 got,
                 Action::DeadLetter {
-                    reason: want,
+                    reason: want_reason,
                     alert
                 },
                 "{ch:?} {api:?} {c}"
