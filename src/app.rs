@@ -7,20 +7,16 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{self, Broker, DeadHeaders, Publisher};
+use crate::broker::Broker;
 use crate::config::{Channel, Config};
 use crate::engine::lane::{self, LaneCtx};
 use crate::http;
 use crate::platform::{self, Platform};
-use crate::store::{DeadLetter, Store};
+use crate::store::Store;
 use crate::telemetry as t;
 
 /// A running worker (used by `run`, the demo and the tests).
@@ -78,18 +74,12 @@ impl Worker {
             let sd = shutdown.clone();
             let store = store.clone();
             let publisher = publisher.clone();
-            tasks.spawn(async move { unroutable(&broker, store, publisher, sd).await });
+            tasks.spawn(async move {
+                crate::engine::unroutable::run(&broker, store, publisher, sd).await
+            });
         }
         if let Some(handle) = metrics {
-            // Histogram samples are kept raw until they are folded into their buckets; without
-            // this they pile up (one f64 per job per histogram) whenever nobody scrapes.
-            let sd = shutdown.clone();
-            tasks.spawn(async move {
-                let mut tick = tokio::time::interval(METRICS_UPKEEP);
-                loop {
-                    tokio::select! { _ = tick.tick() => handle.run_upkeep(), _ = sd.cancelled() => return Ok(()) }
-                }
-            });
+            tasks.spawn(metrics_upkeep(handle, shutdown.clone()));
         }
         let http_addr = if cfg.http.listen.is_empty() {
             None
@@ -100,29 +90,7 @@ impl Worker {
             tasks.spawn(fut);
             Some(addr)
         };
-        {
-            // Export the batch writers' efficiency (rows per statement).
-            let store = store.clone();
-            let sd = shutdown.clone();
-            tasks.spawn(async move {
-                let mut last = (0u64, 0u64);
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-                while !sd.is_cancelled() {
-                    tokio::select! { _ = tick.tick() => {}, _ = sd.cancelled() => break }
-                    let b = store
-                        .stats
-                        .batches
-                        .load(std::sync::atomic::Ordering::Relaxed);
-                    let r = store.stats.rows.load(std::sync::atomic::Ordering::Relaxed);
-                    if b > last.0 {
-                        metrics::histogram!(t::DB_BATCH_ROWS)
-                            .record((r - last.1) as f64 / (b - last.0) as f64);
-                    }
-                    last = (b, r);
-                }
-                Ok(())
-            });
-        }
+        tasks.spawn(export_batch_stats(store.clone(), shutdown.clone()));
         info!(accounts = cfg.accounts.len(), http = ?http_addr, "wxdispatch worker started");
         Ok(Self {
             shutdown,
@@ -166,126 +134,39 @@ impl Worker {
     }
 }
 
-/// Open the unroutable consumer on the broker's current connection.
-async fn consume_unroutable(broker: &Broker) -> anyhow::Result<(lapin::Channel, lapin::Consumer)> {
-    let (_, conn) = broker.connection().await;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(UNROUTABLE_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let consumer = ch
-        .basic_consume(
-            broker::UNROUTABLE.into(),
-            format!("wxdispatch-unroutable-{}", std::process::id())
-                .as_str()
-                .into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("consuming wxdispatch.unroutable")?;
-    Ok((ch, consumer))
-}
-
-/// Unroutable messages are rare; a small prefetch is plenty.
-/// How often histogram samples are folded into their buckets (see `Worker::start`).
-const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
-const UNROUTABLE_PREFETCH: u16 = 64;
-/// Pause before consuming again after the unroutable consumer failed.
-const UNROUTABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Messages whose routing key names no account: dead-letter them as `unknown_account`.
-async fn unroutable(
-    broker: &Broker,
-    store: Store,
-    publisher: Publisher,
+/// Histogram samples are kept raw until they are folded into their buckets; without this
+/// they pile up (one f64 per job per histogram) whenever nobody scrapes.
+async fn metrics_upkeep(
+    handle: &'static metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut current: Option<(lapin::Channel, lapin::Consumer)> = None;
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
     loop {
-        let (_, consumer) = match &mut current {
-            Some(c) => c,
-            None => {
-                let opened = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    c = consume_unroutable(broker) => c,
-                };
-                match opened {
-                    Ok(c) => current.insert(c),
-                    Err(e) => {
-                        warn!(error = %format!("{e:#}"), "cannot consume wxdispatch.unroutable yet; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(UNROUTABLE_RETRY) => {}
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        let d = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            d = consumer.next() => d,
-        };
-        let d = match d {
-            Some(Ok(d)) => d,
-            // The connection died or the broker cancelled the consumer: consume again.
-            None | Some(Err(_)) => {
-                if let Some((ch, _)) = current.take() {
-                    let _ = ch.close(200, "reopening".into()).await;
-                }
-                continue;
-            }
-        };
-        let account = d.routing_key.to_string();
-        let errmsg = format!(
-            "no account named '{}' is configured",
-            broker::truncate(&account, 64)
-        );
-        let headers = DeadHeaders {
-            reason: "unknown_account",
-            errcode: None,
-            errmsg: Some(&errmsg),
-            account: &account,
-            attempts: 0,
-        };
-        if let Err(e) = publisher
-            .dead_letter(&d.data, &d.properties, &headers)
-            .await
-        {
-            warn!(error = %e, "could not dead-letter an unroutable message; it stays queued");
-            continue;
+        tokio::select! { _ = tick.tick() => handle.run_upkeep(), _ = shutdown.cancelled() => return Ok(()) }
+    }
+}
+
+/// Export the batch writers' efficiency (rows per statement) every 5 s.
+async fn export_batch_stats(store: Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut last = (0u64, 0u64);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    while !shutdown.is_cancelled() {
+        tokio::select! { _ = tick.tick() => {}, _ = shutdown.cancelled() => break }
+        let b = store
+            .stats
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let r = store.stats.rows.load(std::sync::atomic::Ordering::Relaxed);
+        if b > last.0 {
+            metrics::histogram!(t::DB_BATCH_ROWS).record((r - last.1) as f64 / (b - last.0) as f64);
         }
-        let job_id = d
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .or_else(|| {
-                serde_json::from_slice::<serde_json::Value>(&d.data)
-                    .ok()?
-                    .get("job_id")?
-                    .as_str()
-                    .map(str::to_owned)
-            });
-        let dl = DeadLetter {
-            job_id,
-            account: account.clone(),
-            reason: "unknown_account".into(),
-            errcode: None,
-            errmsg: Some(errmsg),
-            attempts: 0,
-            body: d.data.clone(),
-        };
-        if let Err(e) = store.record_dead_letter(&dl).await {
-            warn!(error = %e, "unroutable message not recorded");
-        }
-        metrics::counter!(t::DEAD_LETTERS, "account" => "unknown", "reason" => "unknown_account")
-            .increment(1);
-        warn!(routing_key = %broker::truncate(&account, 64), "message for an unknown account dead-lettered");
-        let _ = d.acker.ack(BasicAckOptions::default()).await;
+        last = (b, r);
     }
     Ok(())
 }
+
+/// How often histogram samples are folded into their buckets (see `Worker::start`).
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Resolve on SIGINT or SIGTERM.
 pub async fn signal() {

@@ -1,6 +1,8 @@
-//! The delivery engine: lanes, broadcasts, inbound sync. The only layer that combines the
-//! platform clients, the store and the broker.
+//! The delivery engine: lanes, broadcasts, inbound sync, dead letters and the unroutable
+//! consumer. The only layer that combines the platform clients, the store and the broker.
 
 pub mod broadcast;
+pub mod dead_letter;
 pub mod inbound;
 pub mod lane;
+pub mod unroutable;

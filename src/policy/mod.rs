@@ -3,3 +3,6 @@
 pub mod errcode;
 
 pub use errcode::*;
+pub mod outcome;
+pub mod pause;
+pub mod retry;

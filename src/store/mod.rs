@@ -4,3 +4,4 @@
 pub mod pool;
 
 pub use pool::*;
+pub mod parked;

@@ -1,0 +1,125 @@
+//! The lane's AMQP channels and consumers on one broker connection: the account's queue and
+//! its bulk (broadcast recipients) queue, each on its own AMQP channel with its own ack batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Connection;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::ctx::LaneCtx;
+use crate::broker::acks::Acks;
+use crate::broker::{self, Broker};
+
+/// Prefetch of the bulk (broadcast) queue: enough to keep the broadcast share busy, small
+/// enough that broadcast recipients never hold the lane's concurrency.
+const BULK_PREFETCH: u16 = 64;
+
+/// How long a lane waits before trying again to consume after a failure on a live
+/// connection (e.g. its queue was deleted and is being declared again).
+pub(super) const CONSUME_RETRY: Duration = Duration::from_secs(1);
+
+/// The lane's AMQP channels and consumers on one broker connection.
+pub(super) struct Consumers {
+    /// The AMQP channel of the account's queue.
+    pub(super) amqp: lapin::Channel,
+    pub(super) consumer: lapin::Consumer,
+    /// Broadcast recipients: a second queue, its own AMQP channel and a smaller prefetch, so
+    /// the lane's prefetch stays available to ordinary replies.
+    bulk_amqp: lapin::Channel,
+    pub(super) bulk: lapin::Consumer,
+    /// Each AMQP channel's acks, coalesced ([`crate::broker::acks`]).
+    pub(super) acks: Arc<Acks>,
+    pub(super) bulk_acks: Arc<Acks>,
+}
+
+impl Consumers {
+    async fn open(ctx: &LaneCtx, conn: &Connection, tag: &str) -> anyhow::Result<Self> {
+        let amqp = conn.create_channel().await?;
+        amqp.basic_qos(ctx.cfg.broker.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = amqp
+            .basic_consume(
+                ctx.account.queue().as_str().into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let bulk_amqp = conn.create_channel().await?;
+        bulk_amqp
+            .basic_qos(
+                ctx.cfg.broker.prefetch.min(BULK_PREFETCH),
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let bulk = bulk_amqp
+            .basic_consume(
+                broker::bulk_queue(&ctx.account.name).as_str().into(),
+                format!("{tag}-bulk").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            amqp,
+            consumer,
+            bulk_amqp,
+            bulk,
+            acks: Acks::start(ctx.account.name.clone()),
+            bulk_acks: Acks::start(format!("{} (bulk)", ctx.account.name)),
+        })
+    }
+
+    /// Open on the broker's current connection, waiting for one and retrying until it works
+    /// or `shutdown` fires.
+    pub(super) async fn open_retrying(
+        ctx: &LaneCtx,
+        broker: &Broker,
+        tag: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        loop {
+            let (_, conn) = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                c = broker.connection() => c,
+            };
+            match Self::open(ctx, &conn, tag).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    warn!(account = %ctx.account.name, error = %format!("{e:#}"), "lane cannot consume yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(CONSUME_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop deliveries, leave unacked ones to the AMQP channels' close.
+    pub(super) async fn cancel(&self, tag: &str) {
+        let _ = self
+            .bulk_amqp
+            .basic_cancel(
+                format!("{tag}-bulk").as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await;
+        let _ = self
+            .amqp
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await;
+    }
+
+    /// Ack what is settled, then close both AMQP channels (unacked deliveries go back).
+    pub(super) async fn close(&self) {
+        self.acks.close().await;
+        self.bulk_acks.close().await;
+        let _ = self.amqp.close(200, "shutdown".into()).await;
+        let _ = self.bulk_amqp.close(200, "shutdown".into()).await;
+    }
+}
