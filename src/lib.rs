@@ -14,6 +14,7 @@
 //! | pure | [`alloc`] | the allocator's settings |
 //! | pure | [`crypto`] | WXBizMsgCrypt (encrypt, decrypt, signature) |
 //! | pure | [`telemetry`] | metric names, logging setup |
+//! | pure | [`xml`] | the platforms' flat XML: one reader, one CDATA writer |
 //! | pure | [`domain`] | the vocabulary: jobs (parsing at the boundary, rendering of platform requests), channels, ids, the WeCom allowance |
 //! | pure | [`policy`] | decisions: errcode → action, one table-tested function |
 //! | settings | [`config`] | the settings tree: TOML + `WXDISPATCH__…` overrides, secrets redacted, fail-fast validation |
@@ -57,3 +58,4 @@ pub mod policy;
 pub mod store;
 pub mod telemetry;
 pub mod tools;
+pub mod xml;

@@ -4,5 +4,6 @@ pub mod account;
 pub mod allowance;
 pub mod channel;
 pub mod ids;
+pub mod inbound;
 pub mod job;
 pub mod service_state;
