@@ -303,12 +303,9 @@ async fn handle_chatbot_push(
         .ok_or_else(|| Reject::Malformed("\"encrypted\" missing".into()))?;
     let plain = crypt.decrypt(&enc).map_err(Reject::Decrypt)?;
     let msg = chatbot_inbound(a, &plain)?;
-    let pool = s.store.pool();
-    let mut conn = pool.acquire().await.map_err(|e| {
-        warn!(account, error = %e, "chatbot push: database unavailable");
-        Reject::Unavailable
-    })?;
-    let known = inbound::already_stored(&mut conn, account, &[msg.msgid.as_str()])
+    let known = s
+        .store
+        .inbound_stored(account, &[msg.msgid.as_str()])
         .await
         .map_err(|e| {
             warn!(account, error = %format!("{e:#}"), "chatbot push: database unavailable");
@@ -326,7 +323,9 @@ async fn handle_chatbot_push(
             warn!(account, error = %format!("{e:#}"), "chatbot push: broker unavailable");
             Reject::Unavailable
         })?;
-    let inserted = inbound::insert_messages(&mut conn, account, std::slice::from_ref(&msg))
+    let inserted = s
+        .store
+        .insert_inbound(account, std::slice::from_ref(&msg))
         .await
         .map_err(|e| {
             warn!(account, error = %format!("{e:#}"), "chatbot push: not stored");
