@@ -35,13 +35,14 @@ impl Element {
         }
     }
 
-    /// The text of the first child named `name`, or `None` when missing or empty.
+    /// The text of the one leaf child named `name`; `None` when there is none, when it is
+    /// empty, repeated, or has elements inside (a field the platforms send once, as text).
     pub fn field(&self, name: &str) -> Option<&str> {
-        self.children
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.text.as_str())
-            .filter(|t| !t.is_empty())
+        let mut named = self.children.iter().filter(|c| c.name == name);
+        match (named.next(), named.next()) {
+            (Some(c), None) if c.children.is_empty() && !c.text.is_empty() => Some(&c.text),
+            _ => None,
+        }
     }
 
     /// The `(name, text)` pairs of a flat document: the root must be `<xml>` holding only

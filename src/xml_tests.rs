@@ -32,6 +32,11 @@ fn nested_and_repeated_elements_keep_their_order() {
         .collect();
     assert_eq!(b, [("b", "1"), ("b", "2")]);
     assert_eq!(root.children[1], Element::named("c".into()));
+    // A field is one leaf: repeated or nested names are not fields.
+    let root = parse("<xml><a>1</a><a>2</a><b><c>3</c></b><d>4</d></xml>").unwrap();
+    assert_eq!(root.field("a"), None);
+    assert_eq!(root.field("b"), None);
+    assert_eq!(root.field("d"), Some("4"));
 }
 
 #[test]
