@@ -1,4 +1,4 @@
-//! The meeting point of the sync loops and the HTTP callbacks: one [`Slot`] per
+//! The meeting point of the sync loops and the HTTP callbacks: one `Slot` per
 //! `(account, open_kfid)` holding the wake-up and the latest callback Token, plus the
 //! publisher inbound messages go out on and the sync-lag gauge.
 

@@ -51,6 +51,5 @@ pub mod sync_loop;
 pub use crate::domain::inbound::{Effect, Inbound, content_id, normalize_msgid, routing_word};
 pub use ctx::SyncCtx;
 pub use hub::SyncHub;
-pub use page::{RunOutcome, pull};
 pub use publish::publish_inbound;
 pub use sync_loop::{PERMANENT_ERROR_WAIT, run};

@@ -1,5 +1,5 @@
 //! One pull: take the `(account, open_kfid)` lock, page from the stored cursor until caught
-//! up (publish each page's new messages, then commit it), release. Ends in a [`RunOutcome`]
+//! up (publish each page's new messages, then commit it), release. Ends in a `RunOutcome`
 //! the loop ([`super::run`]) decides on.
 
 use std::time::Duration;
@@ -24,7 +24,7 @@ const MAX_EMPTY_PAGES_IN_A_ROW: u32 = 100;
 
 /// How one pull (a run of pages under the lock) ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RunOutcome {
+pub(super) enum RunOutcome {
     /// `has_more` reached 0.
     CaughtUp { pages: u32, stored: usize },
     /// Another process holds the lock and pulls.
@@ -67,7 +67,7 @@ pub(super) fn classify_page(res: &CallResult) -> PageError {
 }
 
 /// One pull: take the lock, page from the stored cursor until caught up, release.
-pub async fn pull(
+pub(super) async fn pull(
     ctx: &SyncCtx,
     hub: &SyncHub,
     open_kfid: &str,

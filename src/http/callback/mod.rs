@@ -9,7 +9,7 @@
 //!
 //! WeCom callbacks are authenticated by `msg_signature` (SHA-1 over the account's callback
 //! token, timestamp, nonce and ciphertext, compared in constant time) and must be fresh
-//! (within [`MAX_TIMESTAMP_SKEW_SECS`](auth::MAX_TIMESTAMP_SKEW_SECS)); the ciphertext must decrypt with the account's
+//! (within [`MAX_TIMESTAMP_SKEW_SECS`]); the ciphertext must decrypt with the account's
 //! EncodingAESKey and name its corpid as the receive id. The chatbot push carries no
 //! signature: only decryption with the bot's key and APPID authenticates it.
 //!
@@ -19,14 +19,14 @@
 //! `http.max_body_bytes` 413. A chatbot push that cannot be published or stored right now is
 //! answered 503 so that the platform retries it.
 //!
-//! The files: [`routes`] (the router), [`auth`] (what every callback checks, and how it
+//! The files: [`router`] (the routes), [`auth`] (what every callback checks, and how it
 //! refuses), [`wecom`] (URL verification, kf events), [`chatbot`] (the push).
 
 pub mod auth;
 pub mod chatbot;
-pub mod routes;
+pub mod router;
 pub mod wecom;
 
 pub use auth::{MAX_TIMESTAMP_SKEW_SECS, Reject, WecomQuery};
 pub use chatbot::chatbot_inbound;
-pub use routes::routes;
+pub use router::routes;
