@@ -15,6 +15,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, PgConnection, Postgres};
 
 use crate::domain::inbound::{Effect, Inbound};
+use crate::domain::service_state::ServiceState;
 use crate::store::Store;
 
 /// Namespace (first key) of the sync advisory locks: "WXSY". The second key is
@@ -204,6 +205,11 @@ impl Drop for SyncLock {
     }
 }
 
+/// A state as `conversations.service_state` holds it (an `int`; the platform's codes are 0–4).
+fn state_code(state: ServiceState) -> i32 {
+    state.code() as i32
+}
+
 async fn already_stored(
     conn: &mut PgConnection,
     account: &str,
@@ -279,7 +285,7 @@ async fn apply_customers(
     }
     // `<=`: a second customer message in the same second is still a new message (side
     // effects are applied only to newly stored messages, so a replay never gets here).
-    // 4 is ServiceState::Ended, 0 ServiceState::New.
+    // $5 / $6: an ended session ($5) becomes new ($6) with the customer's message.
     sqlx::query(
         "INSERT INTO conversations AS c (account, open_kfid, external_userid, last_customer_msg_at, sent_since_customer)
          SELECT $1, k, u, to_timestamp(t), 0 FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS x(k, u, t)
@@ -287,10 +293,10 @@ async fn apply_customers(
              last_customer_msg_at = excluded.last_customer_msg_at,
              sent_since_customer = 0,
              service_state = CASE
-                 WHEN c.service_state = 4 AND (c.state_updated_at IS NULL OR c.state_updated_at <= excluded.last_customer_msg_at)
-                 THEN 0 ELSE c.service_state END,
+                 WHEN c.service_state = $5 AND (c.state_updated_at IS NULL OR c.state_updated_at <= excluded.last_customer_msg_at)
+                 THEN $6 ELSE c.service_state END,
              state_updated_at = CASE
-                 WHEN c.service_state = 4 AND (c.state_updated_at IS NULL OR c.state_updated_at <= excluded.last_customer_msg_at)
+                 WHEN c.service_state = $5 AND (c.state_updated_at IS NULL OR c.state_updated_at <= excluded.last_customer_msg_at)
                  THEN excluded.last_customer_msg_at ELSE c.state_updated_at END
          WHERE c.last_customer_msg_at IS NULL OR c.last_customer_msg_at <= excluded.last_customer_msg_at",
     )
@@ -298,6 +304,8 @@ async fn apply_customers(
     .bind(&kfids)
     .bind(&users)
     .bind(&ats)
+    .bind(state_code(ServiceState::Ended))
+    .bind(state_code(ServiceState::New))
     .execute(conn)
     .await
     .context("updating conversations (customer messages)")?;
@@ -348,8 +356,7 @@ async fn apply_effects(
                 .bind(account)
                 .bind(&open_kfid)
                 .bind(&external_userid)
-                // The platform's codes are 0–4: they fit the column's int.
-                .bind(state.code() as i32)
+                .bind(state_code(state))
                 .bind(servicer.as_deref())
                 .bind(at)
                 .execute(&mut *conn)
