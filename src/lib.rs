@@ -15,6 +15,7 @@
 //! | pure | [`crypto`] | WXBizMsgCrypt (encrypt, decrypt, signature) |
 //! | pure | [`text`] | cutting and flattening quoted text: `truncate`, `clip_chars`, `one_line` |
 //! | pure | [`telemetry`] | metric names, logging setup |
+//! | pure | [`xml`] | the platforms' flat XML: one reader, one CDATA writer |
 //! | pure | [`domain`] | the vocabulary: jobs (parsing at the boundary, rendering of platform requests), channels, ids, the WeCom allowance |
 //! | pure | [`policy`] | decisions: errcode → action, one table-tested function |
 //! | settings | [`config`] | the settings tree: TOML + `WXDISPATCH__…` overrides, secrets redacted, fail-fast validation |
@@ -59,3 +60,4 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod tools;
+pub mod xml;

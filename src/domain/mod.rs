@@ -5,6 +5,7 @@ pub mod account;
 pub mod allowance;
 pub mod channel;
 pub mod ids;
+pub mod inbound;
 pub mod job;
 pub mod reason;
 pub mod service_state;

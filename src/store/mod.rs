@@ -1,6 +1,7 @@
 //! Postgres: every SQL statement of wxdispatch, one file per table group. The pool itself stays
 //! private to this module.
 
+pub mod inbound;
 pub mod pool;
 
 pub use pool::*;
