@@ -21,7 +21,7 @@ const PROGRESS_MIN_ITEMS: usize = 10;
 const MAX_IDS_SHOWN: usize = 10;
 /// `dlq list` cuts the platform's errmsg to this many bytes to keep one line per row.
 const ERRMSG_WIDTH: usize = 48;
-/// Reason words are snake_case and short (see `job::reason` and `policy`).
+/// Reason words are snake_case and short (see `domain::job::reason` and `policy::errcode`).
 const MAX_REASON_LEN: usize = 64;
 
 /// `wxdispatch dlq …`
@@ -104,7 +104,7 @@ pub fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// [`parse_since`] relative to `now` (pure, for tests).
-pub fn parse_since_at(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+fn parse_since_at(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -147,7 +147,7 @@ fn parse_duration(s: &str) -> Option<TimeDelta> {
 ///
 /// Any such word is taken (an unknown one gets a hint listing the reasons seen); this becomes
 /// `crate::domain::reason::Reason`'s parser once that enum exists.
-pub fn parse_reason(s: &str) -> Result<String, String> {
+fn parse_reason(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= MAX_REASON_LEN
         && s.starts_with(|c: char| c.is_ascii_lowercase())

@@ -1,5 +1,6 @@
 //! Operating it: use cases that return data, for the command line to print. Dead letters
-//! (list, plan and execute a replay) in [`dlq`], delivery statistics in [`stats`].
+//! (list, plan and execute a replay) in [`dlq`](mod@dlq), delivery statistics in
+//! [`stats`](mod@stats).
 
 pub mod dlq;
 pub mod stats;
