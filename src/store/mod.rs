@@ -1,6 +1,17 @@
 //! Postgres: every SQL statement of wxdispatch, one file per table group. The pool itself stays
 //! private to this module.
+//!
+//! - [`pool`]: connecting, migrating, the [`Store`] handle and its health through outages;
+//! - [`batcher`]: the writer tasks that turn concurrent single-row writes into one statement;
+//! - [`deliveries`]: claims, outcomes, service states, dead-letter records, `status` reads;
+//! - [`tokens`]: the shared WeCom access tokens;
 
+pub mod batcher;
+pub mod deliveries;
 pub mod pool;
+pub mod tokens;
 
-pub use pool::*;
+pub use batcher::{BatchStats, Batcher};
+pub use deliveries::{Claim, ConvState, DeadLetter, DeliveryKey, Outcome, Status};
+pub use pool::{OUTAGE_WAIT, Store, connect_pool, is_unavailable, migrate};
+pub use tokens::StoredToken;
