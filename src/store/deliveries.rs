@@ -1,14 +1,12 @@
 //! `deliveries` (one row per job), `delivery_events` (its history) and the conversation facts
 //! read with the claim: the hot path's claim, outcome and service-state batches, the dead
-//! letter record, and the operators' reads.
+//! letter record, and the reads of `wxdispatch status`.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
-use super::Store;
 use super::batcher::last_per_key;
-use super::pool::while_unavailable;
 
 /// `deliveries.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,10 +84,10 @@ pub enum Claim {
 
 /// A conversation's WeCom service state to remember ([`Store::set_service_state`]).
 pub(super) struct ServiceStateRow {
-    account: String,
-    open_kfid: String,
-    external_userid: String,
-    state: i32,
+    pub(super) account: String,
+    pub(super) open_kfid: String,
+    pub(super) external_userid: String,
+    pub(super) state: i32,
 }
 
 /// What Postgres knows of a WeCom conversation (rows written by the sync loop), read with
@@ -126,88 +124,149 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
 }
 
-impl Store {
-    /// Claim a job before asking the platform.
-    pub async fn claim(&self, key: DeliveryKey) -> anyhow::Result<(Claim, Option<ConvState>)> {
-        self.claims.call(key).await
-    }
-
-    /// Remember a conversation's service state (from `service_state/get` or a 95018).
-    /// Batched like the claims and outcomes: the first job of every conversation asks the
-    /// platform and stores the answer, so a backlog over many conversations starts with as
-    /// many of these (1,000 single-row commits in the bench's WeCom drain, a third of its
-    /// commits).
-    pub async fn set_service_state(
-        &self,
-        account: &str,
-        open_kfid: &str,
-        external_userid: &str,
-        state: i32,
-    ) -> anyhow::Result<()> {
-        self.states
-            .call(ServiceStateRow {
-                account: account.to_owned(),
-                open_kfid: open_kfid.to_owned(),
-                external_userid: external_userid.to_owned(),
-                state,
-            })
-            .await
-    }
-
-    /// Record an outcome; returns once it is committed.
-    pub async fn record(&self, outcome: Outcome) -> anyhow::Result<()> {
-        self.outcomes.call(outcome).await
-    }
-
-    /// Remember a dead letter (waits out a database outage like the batched writes).
-    pub async fn record_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
-        while_unavailable(&self.health, || self.insert_dead_letter(d)).await
-    }
-
-    async fn insert_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO dead_letters (job_id, account, reason, errcode, errmsg, attempts, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&d.job_id)
-        .bind(&d.account)
-        .bind(&d.reason)
-        .bind(d.errcode)
-        .bind(&d.errmsg)
-        .bind(d.attempts)
-        .bind(&d.body)
-        .execute(&self.pool)
-        .await
-        .context("recording a dead letter")?;
-        Ok(())
-    }
-
-    // ---- operator queries ----
-
-    pub async fn delivery(&self, job_id: &str) -> anyhow::Result<Option<sqlx::postgres::PgRow>> {
-        Ok(sqlx::query(
-            "SELECT job_id, account, channel, kind, recipient, open_kfid, status, attempts, errcode, error,
-                    platform_msgid, broadcast_id, created_at, updated_at, sent_at
-             FROM deliveries WHERE job_id = $1",
-        )
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    pub async fn delivery_events(
-        &self,
-        job_id: &str,
-    ) -> anyhow::Result<Vec<sqlx::postgres::PgRow>> {
-        Ok(sqlx::query(
-            "SELECT at, status, attempts, errcode, error FROM delivery_events WHERE job_id = $1 ORDER BY id",
-        )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?)
-    }
+/// One `deliveries` row, as `wxdispatch status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub job_id: String,
+    pub account: String,
+    pub channel: String,
+    pub kind: String,
+    pub recipient: String,
+    pub open_kfid: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub errcode: Option<i64>,
+    pub error: Option<String>,
+    pub platform_msgid: Option<String>,
+    pub broadcast_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// One `delivery_events` row: a change of a delivery's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryEvent {
+    pub at: DateTime<Utc>,
+    pub status: String,
+    pub attempts: i32,
+    pub errcode: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// What `conversations` holds of one WeCom conversation, for `wxdispatch status` (kept by the
+/// sync loop and the lanes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    pub last_customer_msg_at: Option<DateTime<Utc>>,
+    pub sent_since_customer: i32,
+    /// The platform's integer (`domain::service_state::ServiceState::from_code` names it).
+    pub service_state: Option<i32>,
+    pub servicer_userid: Option<String>,
+}
+
+pub(super) async fn insert_dead_letter(pool: &PgPool, d: &DeadLetter) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO dead_letters (job_id, account, reason, errcode, errmsg, attempts, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&d.job_id)
+    .bind(&d.account)
+    .bind(&d.reason)
+    .bind(d.errcode)
+    .bind(&d.errmsg)
+    .bind(d.attempts)
+    .bind(&d.body)
+    .execute(pool)
+    .await
+    .context("recording a dead letter")?;
+    Ok(())
+}
+
+// ---- what `wxdispatch status` reads ----
+
+/// The delivery row of a job.
+pub(super) async fn delivery(pool: &PgPool, job_id: &str) -> anyhow::Result<Option<Delivery>> {
+    let row = sqlx::query(
+        "SELECT job_id, account, channel, kind, recipient, open_kfid, status, attempts, errcode, error,
+                platform_msgid, broadcast_id, created_at, updated_at, sent_at
+         FROM deliveries WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await
+    .context("reading the delivery")?;
+    Ok(row.map(|r| Delivery {
+        job_id: r.get("job_id"),
+        account: r.get("account"),
+        channel: r.get("channel"),
+        kind: r.get("kind"),
+        recipient: r.get("recipient"),
+        open_kfid: r.get("open_kfid"),
+        status: r.get("status"),
+        attempts: r.get("attempts"),
+        errcode: r.get("errcode"),
+        error: r.get("error"),
+        platform_msgid: r.get("platform_msgid"),
+        broadcast_id: r.get("broadcast_id"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        sent_at: r.get("sent_at"),
+    }))
+}
+
+/// A job's history, oldest first.
+pub(super) async fn delivery_events(
+    pool: &PgPool,
+    job_id: &str,
+) -> anyhow::Result<Vec<DeliveryEvent>> {
+    let rows = sqlx::query(
+        "SELECT at, status, attempts, errcode, error FROM delivery_events WHERE job_id = $1 ORDER BY id",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await
+    .context("reading the delivery's history")?;
+    Ok(rows
+        .iter()
+        .map(|r| DeliveryEvent {
+            at: r.get("at"),
+            status: r.get("status"),
+            attempts: r.get("attempts"),
+            errcode: r.get("errcode"),
+            error: r.get("error"),
+        })
+        .collect())
+}
+
+/// What is known of a WeCom conversation (`None`: no customer message or session state
+/// recorded yet).
+pub(super) async fn conversation(
+    pool: &PgPool,
+    account: &str,
+    open_kfid: &str,
+    external_userid: &str,
+) -> anyhow::Result<Option<Conversation>> {
+    let row = sqlx::query(
+        "SELECT last_customer_msg_at, sent_since_customer, service_state, servicer_userid
+         FROM conversations WHERE account = $1 AND open_kfid = $2 AND external_userid = $3",
+    )
+    .bind(account)
+    .bind(open_kfid)
+    .bind(external_userid)
+    .fetch_optional(pool)
+    .await
+    .context("reading the conversation")?;
+    Ok(row.map(|c| Conversation {
+        last_customer_msg_at: c.get("last_customer_msg_at"),
+        sent_since_customer: c.get("sent_since_customer"),
+        service_state: c.get("service_state"),
+        servicer_userid: c.get("servicer_userid"),
+    }))
+}
+
+/// Claim a batch of jobs in one statement. Long because it is one unit: the statement, the
+/// column arrays it takes and the reading of its rows belong together.
 pub(super) async fn claim_batch(
     pool: &PgPool,
     batch: &[DeliveryKey],
@@ -348,6 +407,8 @@ pub(super) async fn state_batch(
     Ok(vec![(); batch.len()])
 }
 
+/// Record a batch of outcomes in one statement. Long for the same reason as [`claim_batch`]:
+/// twelve column arrays and the statement that takes them.
 pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<()>> {
     // One row per job id per statement: the last outcome in the batch wins.
     let n = batch.len();

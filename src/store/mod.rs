@@ -5,13 +5,17 @@
 //! - [`batcher`]: the writer tasks that turn concurrent single-row writes into one statement;
 //! - [`deliveries`]: claims, outcomes, service states, dead-letter records, `status` reads;
 //! - [`tokens`]: the shared WeCom access tokens;
+//! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation.
 
 pub mod batcher;
+pub mod broadcasts;
 pub mod deliveries;
 pub mod pool;
 pub mod tokens;
 
 pub use batcher::{BatchStats, Batcher};
-pub use deliveries::{Claim, ConvState, DeadLetter, DeliveryKey, Outcome, Status};
+pub use deliveries::{
+    Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
+};
 pub use pool::{OUTAGE_WAIT, Store, connect_pool, is_unavailable, migrate};
 pub use tokens::StoredToken;

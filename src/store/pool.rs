@@ -22,8 +22,8 @@ use tracing::{info, warn};
 
 use super::batcher::{BatchStats, Batcher};
 use super::deliveries::{
-    Claim, ConvState, DeliveryKey, Outcome, ServiceStateRow, claim_batch, outcome_batch,
-    state_batch,
+    self, Claim, ConvState, Conversation, DeadLetter, Delivery, DeliveryEvent, DeliveryKey,
+    Outcome, ServiceStateRow, claim_batch, outcome_batch, state_batch,
 };
 use crate::config::Config;
 
@@ -65,8 +65,9 @@ impl Health {
     }
 }
 
-/// The store: a handle on Postgres, cheap to clone. Its statements are methods defined next to
-/// their tables (`deliveries`, `tokens`, `broadcasts`, …); this file only builds it.
+/// The store: a handle on Postgres, cheap to clone. Its statements live next to their tables
+/// (`deliveries`, `tokens`, `broadcasts`, …); the hot path's methods are here because the
+/// store holds their batchers, the others are `impl Store` blocks in the tables' files.
 #[derive(Clone)]
 pub struct Store {
     pub(super) pool: PgPool,
@@ -312,6 +313,69 @@ impl Store {
     /// The pool itself, for the statements not yet moved into the store.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Claim a job before asking the platform.
+    pub async fn claim(&self, key: DeliveryKey) -> anyhow::Result<(Claim, Option<ConvState>)> {
+        self.claims.call(key).await
+    }
+
+    /// Remember a conversation's service state (from `service_state/get` or a 95018).
+    /// Batched like the claims and outcomes: the first job of every conversation asks the
+    /// platform and stores the answer, so a backlog over many conversations starts with as
+    /// many of these (1,000 single-row commits in the bench's WeCom drain, a third of its
+    /// commits).
+    pub async fn set_service_state(
+        &self,
+        account: &str,
+        open_kfid: &str,
+        external_userid: &str,
+        state: i32,
+    ) -> anyhow::Result<()> {
+        self.states
+            .call(ServiceStateRow {
+                account: account.to_owned(),
+                open_kfid: open_kfid.to_owned(),
+                external_userid: external_userid.to_owned(),
+                state,
+            })
+            .await
+    }
+
+    /// Record an outcome; returns once it is committed.
+    pub async fn record(&self, outcome: Outcome) -> anyhow::Result<()> {
+        self.outcomes.call(outcome).await
+    }
+
+    /// Remember a dead letter (waits out a database outage like the batched writes).
+    pub async fn record_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
+        while_unavailable(&self.health, || {
+            deliveries::insert_dead_letter(&self.pool, d)
+        })
+        .await
+    }
+
+    // ---- what `wxdispatch status` reads ----
+
+    /// The delivery row of a job.
+    pub async fn delivery(&self, job_id: &str) -> anyhow::Result<Option<Delivery>> {
+        deliveries::delivery(&self.pool, job_id).await
+    }
+
+    /// A job's history, oldest first.
+    pub async fn delivery_events(&self, job_id: &str) -> anyhow::Result<Vec<DeliveryEvent>> {
+        deliveries::delivery_events(&self.pool, job_id).await
+    }
+
+    /// What is known of a WeCom conversation (`None`: no customer message or session state
+    /// recorded yet).
+    pub async fn conversation(
+        &self,
+        account: &str,
+        open_kfid: &str,
+        external_userid: &str,
+    ) -> anyhow::Result<Option<Conversation>> {
+        deliveries::conversation(&self.pool, account, open_kfid, external_userid).await
     }
 
     /// Whether the database answers within [`PING_TIMEOUT`]; updates [`Store::health`].
