@@ -34,10 +34,12 @@ pub use crate::store::broadcasts::Progress;
 const FANOUT_CHUNK: usize = 2_000;
 
 /// Unique, valid recipients in order, and how many were dropped.
-pub fn clean_recipients<'a>(raw: impl IntoIterator<Item = &'a str>) -> (Vec<String>, Skipped) {
+pub fn clean_recipients<'a>(
+    raw: impl IntoIterator<Item = &'a str>,
+) -> (Vec<String>, SkippedRecipients) {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    let mut skipped = Skipped::default();
+    let mut skipped = SkippedRecipients::default();
     for r in raw {
         let r = r.trim();
         if r.is_empty() {
@@ -58,7 +60,7 @@ pub fn clean_recipients<'a>(raw: impl IntoIterator<Item = &'a str>) -> (Vec<Stri
 
 /// What [`clean_recipients`] dropped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Skipped {
+pub struct SkippedRecipients {
     pub blank: usize,
     pub duplicate: usize,
     pub invalid: usize,
@@ -66,7 +68,7 @@ pub struct Skipped {
     pub examples: Vec<String>,
 }
 
-impl Skipped {
+impl SkippedRecipients {
     pub fn total(&self) -> usize {
         self.duplicate + self.invalid
     }

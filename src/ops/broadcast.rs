@@ -8,7 +8,7 @@ use crate::config::{AccountConfig, Config};
 use crate::domain::job;
 use crate::store::Store;
 
-pub use crate::engine::broadcast::{Progress, Skipped, clean_recipients};
+pub use crate::engine::broadcast::{Progress, SkippedRecipients, clean_recipients};
 
 /// A broadcast to publish: the recipients already cleaned by [`clean_recipients`].
 #[derive(Debug, Clone)]

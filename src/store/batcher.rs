@@ -35,7 +35,7 @@ pub(super) fn last_per_key<'a, T, K: std::hash::Hash + Eq>(
 type Reply<R> = oneshot::Sender<anyhow::Result<R>>;
 
 /// Coalesces concurrent single-row requests into batched statements (see the module docs).
-pub struct Batcher<T, R> {
+pub(super) struct Batcher<T, R> {
     tx: mpsc::Sender<(T, Reply<R>)>,
 }
 

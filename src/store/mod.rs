@@ -13,9 +13,9 @@ pub mod deliveries;
 pub mod pool;
 pub mod tokens;
 
-pub use batcher::{BatchStats, Batcher};
+pub use batcher::BatchStats;
 pub use deliveries::{
     Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
 };
-pub use pool::{OUTAGE_WAIT, Store, connect_pool, is_unavailable, migrate};
+pub use pool::{Store, connect_pool, migrate};
 pub use tokens::StoredToken;

@@ -30,7 +30,7 @@ use crate::config::Config;
 /// How long a write waits for an unreachable database before failing to its caller. The
 /// message behind it stays unacked meanwhile, so this must stay well below the broker's
 /// consumer timeout (30 min); 5 minutes covers restarts, failovers and short network splits.
-pub const OUTAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+const OUTAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 /// First and largest pause between two attempts of a write during an outage.
 const OUTAGE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 const OUTAGE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
@@ -80,7 +80,7 @@ pub struct Store {
 
 /// True when `e` means "the database cannot be reached right now" (as opposed to a statement
 /// the database refused): worth waiting for.
-pub fn is_unavailable(e: &anyhow::Error) -> bool {
+fn is_unavailable(e: &anyhow::Error) -> bool {
     let Some(e) = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()) else {
         return false;
     };
