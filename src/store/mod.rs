@@ -1,5 +1,11 @@
 //! Postgres: every SQL statement of wxdispatch, one file per table group. The pool itself stays
 //! private to this module.
+//!
+//! - [`pool`]: connecting, migrating, the [`Store`] handle and its health through outages;
+//! - [`batcher`]: the writer tasks that turn concurrent single-row writes into one statement;
+//! - [`deliveries`]: claims, outcomes, service states, dead-letter records, `status` reads;
+//! - [`tokens`]: the shared WeCom access tokens;
+//! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation.
 
 pub mod dead_letters;
 pub mod inbound;
@@ -7,4 +13,15 @@ pub mod pool;
 pub mod stats;
 
 pub use pool::*;
+pub mod batcher;
+pub mod broadcasts;
+pub mod deliveries;
 pub mod parked;
+pub mod tokens;
+
+pub use batcher::BatchStats;
+pub use deliveries::{
+    Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
+};
+pub use pool::{Store, connect_pool, migrate};
+pub use tokens::StoredToken;

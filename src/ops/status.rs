@@ -1,0 +1,127 @@
+//! `wxdispatch status <job id>`: a delivery, its conversation's WeCom allowance and its
+//! history, as data (the command line prints it).
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::domain::allowance::WECOM_WINDOW;
+use crate::store::Store;
+use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
+
+/// Everything `status` shows of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub delivery: Delivery,
+    /// For a job with an `open_kfid` (WeCom): the conversation with its recipient.
+    pub conversation: Option<ConversationReport>,
+    /// The job's history, oldest first, including a first-attempt send (which has no event of
+    /// its own).
+    pub history: Vec<DeliveryEvent>,
+}
+
+/// A WeCom conversation as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationReport {
+    pub open_kfid: String,
+    pub recipient: String,
+    /// `None`: no customer message or session state recorded yet.
+    pub facts: Option<Conversation>,
+}
+
+/// The report of `job_id`, or `None` when there is no delivery with that id.
+pub async fn report(store: &Store, job_id: &str) -> anyhow::Result<Option<Report>> {
+    let Some(delivery) = store.delivery(job_id).await? else {
+        return Ok(None);
+    };
+    // The conversation's WeCom allowance (kept by the sync loop and the lanes).
+    let conversation = match &delivery.open_kfid {
+        Some(kfid) => Some(ConversationReport {
+            open_kfid: kfid.clone(),
+            recipient: delivery.recipient.clone(),
+            facts: store
+                .conversation(&delivery.account, kfid, &delivery.recipient)
+                .await?,
+        }),
+        None => None,
+    };
+    let events = store.delivery_events(job_id).await?;
+    let history = history(events, delivery.sent_at);
+    Ok(Some(Report {
+        delivery,
+        conversation,
+        history,
+    }))
+}
+
+/// The history to show: the recorded events, plus the send when it has no event of its own.
+/// A send that succeeded at the first attempt has none (it is the common case, kept out of the
+/// history table): its time is the row's `sent_at`.
+pub fn history(
+    mut events: Vec<DeliveryEvent>,
+    sent_at: Option<DateTime<Utc>>,
+) -> Vec<DeliveryEvent> {
+    if let Some(at) = sent_at
+        && !events.iter().any(|e| e.status == "sent")
+    {
+        events.push(DeliveryEvent {
+            at,
+            status: "sent".into(),
+            attempts: 1,
+            errcode: None,
+            error: None,
+        });
+        events.sort_by_key(|e| e.at);
+    }
+    events
+}
+
+/// How long the 48-hour reply window stays open after the customer's last message at `last`
+/// (zero or negative: closed).
+pub fn window_left(last: DateTime<Utc>, now: DateTime<Utc>) -> TimeDelta {
+    last + WECOM_WINDOW - now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(secs: i64, status: &str, attempts: i32) -> DeliveryEvent {
+        DeliveryEvent {
+            at: DateTime::from_timestamp(secs, 0).unwrap_or_default(),
+            status: status.into(),
+            attempts,
+            errcode: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_first_attempt_send_appears_in_the_history_in_time_order() {
+        let sent_at = DateTime::from_timestamp(150, 0);
+        let h = history(
+            vec![event(100, "retrying", 1), event(200, "retrying", 2)],
+            sent_at,
+        );
+        let statuses: Vec<_> = h.iter().map(|e| (e.status.as_str(), e.attempts)).collect();
+        assert_eq!(statuses, [("retrying", 1), ("sent", 1), ("retrying", 2)]);
+    }
+
+    #[test]
+    fn a_recorded_send_is_not_shown_twice_and_unsent_jobs_get_none() {
+        let sent_at = DateTime::from_timestamp(300, 0);
+        let recorded = vec![event(100, "retrying", 1), event(300, "sent", 2)];
+        assert_eq!(history(recorded.clone(), sent_at), recorded);
+        assert_eq!(
+            history(recorded[..1].to_vec(), None),
+            recorded[..1].to_vec()
+        );
+        assert!(history(Vec::new(), None).is_empty());
+    }
+
+    #[test]
+    fn the_window_closes_48_hours_after_the_customer_wrote() {
+        let last = DateTime::from_timestamp(1_000_000, 0).unwrap_or_default();
+        assert_eq!(window_left(last, last), WECOM_WINDOW);
+        assert_eq!(window_left(last, last + WECOM_WINDOW), TimeDelta::zero());
+        assert!(window_left(last, last + WECOM_WINDOW + TimeDelta::seconds(1)) < TimeDelta::zero());
+    }
+}
