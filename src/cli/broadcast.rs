@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde_json::Value;
 
-use super::ops_broadcast::{self, Draft, Progress, clean_recipients};
+use crate::ops::broadcast::{self, Draft, Progress, clean_recipients};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -65,7 +65,7 @@ pub async fn run(cfg: Config, args: BroadcastArgs) -> anyhow::Result<()> {
             id, watch: true, ..
         }) => watch(&store, &id).await,
         Some(BroadcastAction::Status { id, json, .. }) => {
-            let p = ops_broadcast::progress(&store, &id)
+            let p = broadcast::progress(&store, &id)
                 .await?
                 .with_context(|| format!("no broadcast with id '{id}'"))?;
             if json {
@@ -76,7 +76,7 @@ pub async fn run(cfg: Config, args: BroadcastArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some(BroadcastAction::Cancel { id }) => {
-            let n = ops_broadcast::cancel(&store, &id).await?;
+            let n = broadcast::cancel(&store, &id).await?;
             println!("broadcast {id} cancelled: {n} pending recipient(s) will not be sent");
             Ok(())
         }
@@ -108,7 +108,7 @@ async fn publish(cfg: Config, store: &Store, a: BroadcastArgs) -> anyhow::Result
         "{}: no valid recipient",
         file.display()
     );
-    let prepared = ops_broadcast::prepare(
+    let prepared = broadcast::prepare(
         Draft {
             account: acc,
             recipients: &recipients,
@@ -132,7 +132,7 @@ async fn publish(cfg: Config, store: &Store, a: BroadcastArgs) -> anyhow::Result
             format!(" (e.g. {})", skipped.examples.join(", "))
         }
     );
-    ops_broadcast::publish(&cfg, &prepared, &account).await?;
+    broadcast::publish(&cfg, &prepared, &account).await?;
     println!("{}", prepared.id);
     if a.no_wait {
         return Ok(());
@@ -181,7 +181,7 @@ pub async fn watch(store: &Store, id: &str) -> anyhow::Result<()> {
     let mut last_line = std::time::Instant::now() - std::time::Duration::from_secs(10);
     let mut waited_for_fanout = std::time::Duration::ZERO;
     loop {
-        let p = match ops_broadcast::progress(store, id).await? {
+        let p = match broadcast::progress(store, id).await? {
             Some(p) => p,
             None if waited_for_fanout < FANOUT_WAIT => {
                 // The worker has not picked the broadcast up yet.

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use super::exit::{self, ConfigError};
+use super::exit;
+use super::usage::UsageError;
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
@@ -43,9 +44,9 @@ pub enum Command {
     /// print what happened. Uses the local RabbitMQ and Postgres.
     Demo(crate::tools::demo::DemoArgs),
     /// Dead letters: list them, replay them after fixing the cause.
-    Dlq(crate::ops::DlqArgs),
+    Dlq(super::dlq::DlqArgs),
     /// Deliveries per account and status, dead letters per reason.
-    Stats(crate::ops::StatsArgs),
+    Stats(super::stats::StatsArgs),
     /// Measure throughput, latency, memory, crypto and limiter accuracy against the local
     /// RabbitMQ, Postgres and simulator; prints one table. Build with --release.
     Bench(crate::tools::bench::BenchArgs),
@@ -74,7 +75,7 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &Option<PathBuf>) -> anyhow::Result<Config> {
-    Config::load(path.as_deref()).map_err(|e| anyhow::Error::new(ConfigError(format!("{e:#}"))))
+    Config::load(path.as_deref()).map_err(|e| anyhow::Error::new(UsageError(format!("{e:#}"))))
 }
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -90,8 +91,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Broadcast(args) => super::broadcast::run(load(&cli.config)?, args).await,
         Command::Simulate(args) => crate::tools::simulate::run_cli(&load(&cli.config)?, args).await,
         Command::Demo(args) => crate::tools::demo::run(cli.config.as_deref(), args).await,
-        Command::Dlq(args) => crate::ops::dlq(load(&cli.config)?, args).await,
-        Command::Stats(args) => crate::ops::stats_cmd(load(&cli.config)?, args).await,
+        Command::Dlq(args) => super::dlq::run(load(&cli.config)?, args).await,
+        Command::Stats(args) => super::stats::run(load(&cli.config)?, args).await,
         Command::Bench(args) => crate::tools::bench::run(cli.config.as_deref(), args).await,
         Command::Kf(args) => crate::platform::kf::run(load(&cli.config)?, args).await,
     }

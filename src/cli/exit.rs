@@ -3,12 +3,8 @@
 
 use std::process::ExitCode;
 
+use super::usage::UsageError;
 use crate::platform::kf::KfError;
-
-/// Marks configuration errors (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
 
 /// The exit code of a command that failed with `e`: 2 when the command was used wrongly (the
 /// configuration, a `dlq` usage problem, kf input refused before any call), 1 otherwise.
@@ -17,9 +13,7 @@ pub fn code(e: &anyhow::Error) -> u8 {
 }
 
 fn is_usage(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ConfigError>().is_some()
-        || e.downcast_ref::<crate::ops::UsageError>().is_some()
-        || e.downcast_ref::<KfError>().is_some_and(KfError::is_usage)
+    UsageError::is_in(e) || e.chain().any(|c| c.downcast_ref::<KfError>().is_some_and(KfError::is_usage))
 }
 
 /// Print the failure as one line on stderr and return its exit code.
@@ -35,9 +29,9 @@ mod tests {
 
     #[test]
     fn usage_and_configuration_errors_exit_2_others_1() {
-        let config = anyhow::Error::new(ConfigError("bad".into()));
+        let config = anyhow::Error::new(UsageError::new("bad config"));
         assert_eq!(code(&config), 2);
-        let dlq = anyhow::Error::new(crate::ops::UsageError("no --yes".into()));
+        let dlq = anyhow::Error::new(UsageError::new("no --yes")).context("dlq replay");
         assert_eq!(code(&dlq), 2);
         let kf = anyhow::Error::new(KfError::Invalid("bad userid".into()));
         assert_eq!(code(&kf), 2);

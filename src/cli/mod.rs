@@ -4,20 +4,17 @@
 
 pub mod broadcast;
 pub mod check_config;
+pub mod dlq;
 pub mod command;
 pub mod exit;
 pub mod migrate;
 pub mod run;
 pub mod send;
+pub mod stats;
 pub mod status;
+pub mod table;
+pub mod usage;
 
-// The use cases behind `broadcast` and `status` live in `src/ops/`; until `src/ops/mod.rs`
-// declares them (`pub mod broadcast;` and `pub mod status;`) they are compiled from here.
-#[path = "../ops/broadcast.rs"]
-pub mod ops_broadcast;
-#[path = "../ops/status.rs"]
-pub mod ops_status;
 
 pub use command::{Cli, Command, dispatch, main};
-pub use exit::ConfigError;
 pub use send::SendArgs;

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::ops_status::{self, ConversationReport, Report};
+use crate::ops::status::{self, ConversationReport, Report};
 use crate::config::Config;
 use crate::domain::allowance::WECOM_WINDOW_QUOTA;
 use crate::domain::service_state::ServiceState;
@@ -13,7 +13,7 @@ use crate::store::{self, Store};
 pub async fn run(cfg: Config, job_id: &str) -> anyhow::Result<()> {
     let pool = store::connect_pool(&cfg).await?;
     let st = Store::with_pool(pool, 1);
-    let Some(report) = ops_status::report(&st, job_id).await? else {
+    let Some(report) = status::report(&st, job_id).await? else {
         anyhow::bail!("no delivery with job id '{job_id}'");
     };
     let mut out = std::io::stdout().lock();
@@ -87,7 +87,7 @@ fn print_conversation(
     };
     match f.last_customer_msg_at {
         Some(t) => {
-            let left = ops_status::window_left(t, now);
+            let left = status::window_left(t, now);
             writeln!(out, "  customer's last message  {}", t.to_rfc3339())?;
             if left > TimeDelta::zero() {
                 writeln!(

@@ -157,8 +157,8 @@ pub async fn progress(pool: &PgPool, id: &str) -> anyhow::Result<Option<Progress
 /// Write the current counts into `broadcasts` for the account's unfinished broadcasts (the
 /// lane's owner does this every few seconds), close finished ones, and publish how many
 /// recipients are pending as a gauge.
-pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<()> {
-    let pending = crate::store::broadcasts::refresh(pool, account).await?;
+pub async fn refresh(store: &Store, account: &str) -> anyhow::Result<()> {
+    let pending = store.refresh_broadcasts(account).await?;
     metrics::gauge!(crate::telemetry::BROADCAST_PENDING, "account" => account.to_owned())
         .set(pending as f64);
     Ok(())

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::broker::{self, Broker, Publisher};
+use crate::domain::reason::Reason;
 use crate::engine::dead_letter::{self, Failed};
 use crate::store::{DeadLetter, Store};
 
@@ -87,10 +88,10 @@ pub async fn run(
             job_id: job_id_of(&d),
             errmsg: Some(format!(
                 "no account named '{}' is configured",
-                broker::truncate(&account, 64)
+                crate::text::truncate(&account, 64)
             )),
             account,
-            reason: "unknown_account".into(),
+            reason: Reason::UnknownAccount.into(),
             errcode: None,
             attempts: 0,
             body: d.data.clone(),
@@ -103,7 +104,7 @@ pub async fn run(
             }
             Err(Failed::Record(e)) => warn!(error = %e, "unroutable message not recorded"),
         }
-        warn!(routing_key = %broker::truncate(&dl.account, 64), "message for an unknown account dead-lettered");
+        warn!(routing_key = %crate::text::truncate(&dl.account, 64), "message for an unknown account dead-lettered");
         let _ = d.acker.ack(BasicAckOptions::default()).await;
     }
     Ok(())

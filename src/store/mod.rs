@@ -7,16 +7,14 @@
 //! - [`tokens`]: the shared WeCom access tokens;
 //! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation.
 
-pub mod dead_letters;
-pub mod inbound;
-pub mod pool;
-pub mod stats;
-
-pub use pool::*;
 pub mod batcher;
 pub mod broadcasts;
+pub mod dead_letters;
 pub mod deliveries;
+pub mod inbound;
 pub mod parked;
+pub mod pool;
+pub mod stats;
 pub mod tokens;
 
 pub use batcher::BatchStats;

@@ -26,7 +26,7 @@ pub async fn publish_inbound(
         );
         if let Some(k) = &m.open_kfid {
             headers.insert(
-                "x-wxdispatch-open-kfid".into(),
+                broker::H_OPEN_KFID.into(),
                 AMQPValue::LongString(k.as_str().into()),
             );
         }

@@ -43,7 +43,7 @@ impl Consumers {
             .await?;
         let consumer = amqp
             .basic_consume(
-                ctx.account.queue().as_str().into(),
+                broker::lane_queue(&ctx.account.name).as_str().into(),
                 tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

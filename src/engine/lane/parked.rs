@@ -9,8 +9,7 @@ use crate::broker;
 use crate::store::Store;
 use crate::store::parked::ParkedJob;
 
-/// Header carrying how often a job was parked (selects its next delay tier).
-pub const H_PARKS: &str = "x-wxdispatch-parks";
+pub use crate::broker::H_PARKS;
 
 /// How often the delivery was parked before (its `x-wxdispatch-parks` header).
 pub(super) fn parks_of(props: &BasicProperties) -> u32 {

@@ -10,6 +10,7 @@ use super::order::conversation_of;
 use crate::config::Channel;
 use crate::domain::allowance::{self, Allowance};
 use crate::domain::job::{Gate, Job, JobKind};
+use crate::domain::reason::Reason;
 use crate::policy::outcome::Outcome;
 use crate::policy::retry::RetryStep;
 use crate::policy::{self, Action, Api, CallResult};
@@ -130,14 +131,14 @@ fn check_conversation(
     ) {
         Allowance::Allowed => None,
         Allowance::WindowClosed { age } => dead(
-            "window_closed",
+            Reason::WindowClosed.as_str(),
             format!(
                 "the customer's last message is {} h old (WeCom allows replies within 48 h)",
                 age.num_hours()
             ),
         ),
         Allowance::QuotaUsed { sent } => dead(
-            "quota_exhausted",
+            Reason::QuotaExhausted.as_str(),
             format!(
                 "{sent} messages already sent since the customer's last message (WeCom allows 5)"
             ),
@@ -242,14 +243,14 @@ async fn send_with_retries(
                 if alert {
                     tracing::error!(account = %name, errcode = ?last_err.0, errmsg = %last_err.1, "platform reports a configuration problem ({reason})");
                 }
-                return dead(reason, last_err);
+                return dead(reason.as_str(), last_err);
             }
             Action::HumanServing => {
                 gates::human_took_over(ctx, job).await;
                 return if job.gate == Gate::Bot {
                     Outcome::Suppressed { attempts }
                 } else {
-                    dead("human_serving", last_err)
+                    dead(Reason::HumanServing.as_str(), last_err)
                 };
             }
             Action::Throttle { .. } => {
@@ -285,7 +286,7 @@ async fn send_with_retries(
                     error: last_err.1,
                 };
             }
-            RetryStep::Exhausted => return dead("retries_exhausted", last_err),
+            RetryStep::Exhausted => return dead(Reason::RetriesExhausted.as_str(), last_err),
         }
     }
 }

@@ -23,6 +23,7 @@ use super::process::{fan_out, process};
 use crate::broker::acks::Acks;
 use crate::broker::{self, Broker};
 use crate::domain::job::{self, JobKind};
+use crate::domain::reason::Reason;
 use crate::policy::outcome::Outcome;
 use crate::telemetry as t;
 
@@ -45,7 +46,7 @@ pub async fn run(
         .load(&ctx.store, &ctx.account.name)
         .await
         .map_err(|e| anyhow::anyhow!("lane {}: loading parked jobs: {e:#}", ctx.account.name))?;
-    let queue = ctx.account.queue();
+    let queue = broker::lane_queue(&ctx.account.name);
     let tag = format!("wxdispatch-{}-{}", std::process::id(), ctx.account.name);
     let Some(mut cons) = Consumers::open_retrying(&ctx, &broker, &tag, &shutdown).await else {
         return Ok(());
@@ -217,7 +218,7 @@ fn spawn_broadcast_refresher(
         loop {
             tokio::select! { _ = tick.tick() => {}, _ = shutdown.cancelled() => break }
             if let Err(e) =
-                crate::engine::broadcast::refresh(ctx.store.pool(), &ctx.account.name).await
+                crate::engine::broadcast::refresh(&ctx.store, &ctx.account.name).await
             {
                 tracing::debug!(account = %ctx.account.name, error = %format!("{e:#}"), "broadcast progress not refreshed");
             }
@@ -315,7 +316,7 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
         Err(_) => {
             tracing::error!(parent: &span, "handler panicked; dead-lettering as internal_error");
             Outcome::Dead {
-                reason: "internal_error".into(),
+                reason: Reason::InternalError.into(),
                 errcode: None,
                 errmsg: Some("handler panicked".into()),
                 attempts: 0,
@@ -347,7 +348,7 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
 /// `Publisher::publish_job`).
 fn published_at_ms(props: &BasicProperties) -> Option<i64> {
     if let Some(ms) =
-        broker::header_str(props, "x-wxdispatch-published-ms").and_then(|s| s.parse().ok())
+        broker::header_str(props, broker::H_PUBLISHED_MS).and_then(|s| s.parse().ok())
     {
         return Some(ms);
     }
