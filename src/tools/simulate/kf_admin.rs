@@ -60,8 +60,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::gate::SCRIPT_HTTP_500;
-use super::reply::{ApiErr, Reply, code, finish, ok, query_param};
-use super::state::{SimState, lock, random_id};
+use super::reply::{ApiErr, Reply, code, ok, query_param};
+use super::respond::finish;
+use super::state::SimState;
+use super::util::{lock, random_id};
 
 /// A userid that starts with this is not a member of the corp: servicer/add and /del answer
 /// 60111 for it in `result_list`, the statistics API for `servicer_userid`.
