@@ -113,6 +113,7 @@ pub fn bench_account(channel: Channel, base_url: &str) -> AccountConfig {
     }
 }
 
+// A data table: one entry per message type.
 /// One message of every type, per channel: `(account, message type, message object)`.
 pub fn sample_messages() -> Vec<(&'static str, &'static str, Value)> {
     vec![

@@ -304,6 +304,7 @@ pub fn rich_type(msg: &str) -> Result<&'static str, String> {
     rich_value(&v, true)
 }
 
+// One arm per rich message type, each with the fields the platform requires: a table.
 fn rich_value(v: &Value, allow_multi: bool) -> Result<&'static str, String> {
     let o = v
         .as_object()

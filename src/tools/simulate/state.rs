@@ -105,19 +105,8 @@ impl SimState {
             if by_name.insert(cfg.name.clone(), i).is_some() {
                 bail!("{}: duplicate account name", ctx());
             }
-            let crypt = if cfg.encoding_aes_key.is_empty() {
-                None
-            } else {
-                Some(
-                    MsgCrypt::new(
-                        cfg.token.expose(),
-                        cfg.encoding_aes_key.expose(),
-                        cfg.receive_id(),
-                    )
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .with_context(|| format!("{}: encoding_aes_key", ctx()))?,
-                )
-            };
+            let crypt =
+                account_crypt(&cfg).with_context(|| format!("{}: encoding_aes_key", ctx()))?;
             let throttle = match cfg.channel {
                 Channel::Chatbot => {
                     if cfg.token.is_empty() || crypt.is_none() || cfg.receive_id().is_empty() {
@@ -140,27 +129,7 @@ impl SimState {
                     if corpid.is_empty() {
                         bail!("{}: a wecom account needs a corpid", ctx());
                     }
-                    let secret = cfg.secret.expose().to_owned();
-                    let g = match corps
-                        .iter()
-                        .position(|g| g.corpid == corpid && g.secret == secret)
-                    {
-                        Some(g) => g,
-                        None => {
-                            corps.push(CorpGroup {
-                                corpid,
-                                secret,
-                                accounts: Vec::new(),
-                                open_kfids: HashSet::new(),
-                            });
-                            corps.len() - 1
-                        }
-                    };
-                    corps[g].accounts.push(i);
-                    for k in &cfg.open_kfids {
-                        corps[g].open_kfids.insert(k.clone());
-                        kfid_owner.entry(k.clone()).or_insert(i);
-                    }
+                    join_corp(&mut corps, &mut kfid_owner, i, corpid, &cfg);
                     code::WECOM_THROTTLED
                 }
             };
@@ -480,5 +449,51 @@ impl std::fmt::Debug for SimState {
             .field("enforce_rate", &self.enforce_rate)
             .field("enforce_window", &self.enforce_window)
             .finish_non_exhaustive()
+    }
+}
+
+/// The account's WXBizMsgCrypt, when it has an EncodingAESKey.
+fn account_crypt(cfg: &AccountConfig) -> anyhow::Result<Option<MsgCrypt>> {
+    if cfg.encoding_aes_key.is_empty() {
+        return Ok(None);
+    }
+    MsgCrypt::new(
+        cfg.token.expose(),
+        cfg.encoding_aes_key.expose(),
+        cfg.receive_id(),
+    )
+    .map(Some)
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Add WeCom account `i` to the corp group of its (corpid, secret), creating the group, and
+/// make it the owner of its open_kfids not owned yet.
+fn join_corp(
+    corps: &mut Vec<CorpGroup>,
+    kfid_owner: &mut HashMap<String, usize>,
+    i: usize,
+    corpid: String,
+    cfg: &AccountConfig,
+) {
+    let secret = cfg.secret.expose().to_owned();
+    let g = match corps
+        .iter()
+        .position(|g| g.corpid == corpid && g.secret == secret)
+    {
+        Some(g) => g,
+        None => {
+            corps.push(CorpGroup {
+                corpid,
+                secret,
+                accounts: Vec::new(),
+                open_kfids: HashSet::new(),
+            });
+            corps.len() - 1
+        }
+    };
+    corps[g].accounts.push(i);
+    for k in &cfg.open_kfids {
+        corps[g].open_kfids.insert(k.clone());
+        kfid_owner.entry(k.clone()).or_insert(i);
     }
 }
