@@ -8,160 +8,36 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::Row;
+use sqlx::postgres::PgRow;
 
 use crate::app::Worker;
 use crate::broker::{self, Publisher};
-use crate::config::{AccountConfig, Channel, Config, Rate, Secret};
+use crate::config::Config;
+use crate::tools::fixtures::demo_accounts;
 use crate::tools::simulate;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
+pub use crate::tools::fixtures::sample_messages;
+// The command line lives in `cli/demo.rs` (compiled from `tools/mod.rs` until `cli/mod.rs`
+// declares it), re-exported so that `Command::Demo` keeps its path.
+pub use crate::tools::demo_cli::{DemoArgs, run};
+
+/// What `wxdispatch demo` does beyond the fixed demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
     /// Keep the worker and simulator running after the demo (until Ctrl-C).
-    #[arg(long)]
     pub serve: bool,
-    /// HTTP endpoints of the demo worker (metrics, health).
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    /// HTTP endpoints of the demo worker (metrics, health); when taken, any free port.
     pub listen: String,
 }
 
-use crate::tools::fixtures::DEMO_AES_KEY;
-
-/// The demo accounts, pointed at `base_url`.
-pub fn demo_accounts(base_url: &str) -> Vec<AccountConfig> {
-    let bot = AccountConfig {
-        name: "demo-bot".into(),
-        channel: Channel::Chatbot,
-        base_url: Some(base_url.to_owned()),
-        rate: Rate {
-            per_second: Some(200),
-            per_minute: None,
-            burst: Some(20),
-            unlimited: false,
-        },
-        appid: Some("P5Zb1RfMtW7rS3k".into()),
-        default_channel: 0,
-        corpid: None,
-        secret: Secret::default(),
-        secret_file: None,
-        open_kfids: Vec::new(),
-        token: Secret::new("demoTOKENchatbot000000000000001"),
-        token_file: None,
-        encoding_aes_key: Secret::new(DEMO_AES_KEY),
-        encoding_aes_key_file: None,
-    };
-    let kf = AccountConfig {
-        name: "demo-kf".into(),
-        channel: Channel::Wecom,
-        base_url: Some(base_url.to_owned()),
-        rate: Rate {
-            per_second: Some(200),
-            per_minute: None,
-            burst: Some(20),
-            unlimited: false,
-        },
-        appid: None,
-        default_channel: 0,
-        corpid: Some("wwdemo0000000001".into()),
-        secret: Secret::new("demo-corp-secret"),
-        secret_file: None,
-        open_kfids: vec!["wkDEMO000000000001".into()],
-        token: Secret::default(),
-        token_file: None,
-        encoding_aes_key: Secret::default(),
-        encoding_aes_key_file: None,
-    };
-    vec![bot, kf]
-}
-
-/// One message of every type, per channel: `(account, message type, message object)`.
-pub fn sample_messages() -> Vec<(&'static str, &'static str, Value)> {
-    vec![
-        (
-            "demo-bot",
-            "text",
-            json!({"text": "Hello! Reply <a href=\"weixin://bizmsgmenu?msgmenucontent=yes&msgmenuid=1\">yes</a> to continue."}),
-        ),
-        (
-            "demo-bot",
-            "news",
-            json!({"news": {"articles": [{"title": "Order shipped", "description": "Track your parcel", "url": "https://example.com/t/1", "picurl": "https://example.com/p.png"}]}}),
-        ),
-        (
-            "demo-bot",
-            "image",
-            json!({"image": {"media_id": "MEDIA_ID_1", "url": "https://example.com/i.png"}}),
-        ),
-        (
-            "demo-bot",
-            "miniprogrampage",
-            json!({"miniprogrampage": {"title": "Your order", "appid": "wx1234567890abcdef", "pagepath": "pages/order?id=1", "thumb_media_id": "THUMB_1"}}),
-        ),
-        (
-            "demo-bot",
-            "multimsg",
-            json!({"multimsg": [{"text": "Two things:"}, {"image": {"media_id": "MEDIA_ID_2"}}]}),
-        ),
-        (
-            "demo-kf",
-            "text",
-            json!({"text": {"content": "Hello from WeCom customer service"}}),
-        ),
-        (
-            "demo-kf",
-            "image",
-            json!({"image": {"media_id": "MEDIA_IMG"}}),
-        ),
-        (
-            "demo-kf",
-            "voice",
-            json!({"voice": {"media_id": "MEDIA_VOICE"}}),
-        ),
-        (
-            "demo-kf",
-            "video",
-            json!({"video": {"media_id": "MEDIA_VIDEO"}}),
-        ),
-        (
-            "demo-kf",
-            "file",
-            json!({"file": {"media_id": "MEDIA_FILE"}}),
-        ),
-        (
-            "demo-kf",
-            "link",
-            json!({"link": {"title": "Manual", "desc": "How to set it up", "url": "https://example.com/manual", "thumb_media_id": "THUMB_2"}}),
-        ),
-        (
-            "demo-kf",
-            "miniprogram",
-            json!({"miniprogram": {"appid": "wx1234567890abcdef", "title": "Track order", "thumb_media_id": "THUMB_3", "pagepath": "pages/track"}}),
-        ),
-        (
-            "demo-kf",
-            "msgmenu",
-            json!({"msgmenu": {"head_content": "Was this helpful?", "list": [{"type": "click", "click": {"id": "101", "content": "Yes"}}, {"type": "click", "click": {"id": "102", "content": "No"}}], "tail_content": "Thanks!"}}),
-        ),
-        (
-            "demo-kf",
-            "location",
-            json!({"location": {"name": "Store", "address": "1 Main St", "latitude": 31.2304, "longitude": 121.4737}}),
-        ),
-        (
-            "demo-kf",
-            "business_card",
-            json!({"business_card": {"userid": "zhangsan"}}),
-        ),
-        (
-            "demo-kf",
-            "ca_link",
-            json!({"ca_link": {"link_url": "https://work.weixin.qq.com/ca/cawcde1"}}),
-        ),
-    ]
-}
-
-pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyhow::Result<()> {
+/// Run the demo: the simulator and a worker on the demo accounts, one job of every message
+/// type and one invalid job, their outcomes printed as a table.
+pub async fn run_demo(
+    config_path: Option<&std::path::Path>,
+    opts: DemoOptions,
+) -> anyhow::Result<()> {
     // Broker and database from the config (defaults: the local services); accounts are the demo's.
     let mut cfg = Config::load(config_path)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -169,7 +45,7 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
         .context("binding the simulator")?;
     let base_url = format!("http://{}", listener.local_addr()?);
     cfg.accounts = demo_accounts(&base_url);
-    cfg.http.listen = args.listen.clone();
+    cfg.http.listen = opts.listen.clone();
     cfg.validate()?;
     let sim = simulate::start(
         cfg.accounts.clone(),
@@ -180,7 +56,7 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
     println!("simulator      {}", sim.base_url());
     let worker = match Worker::start(cfg.clone()).await {
         Ok(w) => w,
-        Err(e) if cfg.http.listen == args.listen && format!("{e:#}").contains("http.listen") => {
+        Err(e) if cfg.http.listen == opts.listen && format!("{e:#}").contains("http.listen") => {
             cfg.http.listen = "127.0.0.1:0".into();
             Worker::start(cfg.clone()).await?
         }
@@ -191,6 +67,35 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
     }
     let conn = broker::connect(&cfg.broker.url, "wxdispatch-demo").await?;
     let publisher = Publisher::new(&conn).await?;
+    let ids = publish_samples(&publisher).await?;
+    println!(
+        "published      {} jobs (one of every message type, one invalid)",
+        ids.len()
+    );
+    let rows = wait_for_outcomes(&worker, &ids).await?;
+    print_outcomes(&ids, &rows);
+    println!();
+    println!(
+        "simulator accepted {} messages; try: wxdispatch status {}",
+        sim.state().accepted_count(),
+        ids[0]
+    );
+    let missing = ids.len() - rows.len();
+    if opts.serve {
+        println!("serving; Ctrl-C to stop");
+        crate::app::signal().await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    worker.stop().await?;
+    sim.shutdown().await;
+    if missing > 0 {
+        anyhow::bail!("{missing} demo job(s) did not finish in time");
+    }
+    Ok(())
+}
+
+/// Publish one job of every sample message and one malformed job; returns their ids in order.
+async fn publish_samples(publisher: &Publisher) -> anyhow::Result<Vec<String>> {
     let run_id = chrono::Utc::now().format("%H%M%S").to_string();
     let mut ids = Vec::new();
     for (i, (account, _kind, message)) in sample_messages().into_iter().enumerate() {
@@ -213,15 +118,15 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
         .publish_job("demo-kf", &bad_id, &serde_json::to_vec(&bad)?)
         .await?;
     ids.push(bad_id);
-    println!(
-        "published      {} jobs (one of every message type, one invalid)",
-        ids.len()
-    );
+    Ok(ids)
+}
 
+/// Wait (up to 30 s) until every job has an outcome; returns the rows found by then.
+async fn wait_for_outcomes(worker: &Worker, ids: &[String]) -> anyhow::Result<Vec<PgRow>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
         let rows = sqlx::query("SELECT job_id, account, status, attempts, coalesce(error, '') AS error FROM deliveries WHERE job_id = ANY($1) ORDER BY job_id")
-            .bind(&ids)
+            .bind(ids)
             .fetch_all(worker.store.pool())
             .await?;
         let done = rows
@@ -238,6 +143,11 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    Ok(rows)
+}
+
+/// The outcome of every job, one line each, in publish order.
+fn print_outcomes(ids: &[String], rows: &[PgRow]) {
     println!();
     println!(
         "{:<22} {:<9} {:<16} {:<7} error",
@@ -267,22 +177,4 @@ pub async fn run(config_path: Option<&std::path::Path>, args: DemoArgs) -> anyho
             broker::truncate(&error, 60)
         );
     }
-    println!();
-    println!(
-        "simulator accepted {} messages; try: wxdispatch status {}",
-        sim.state().accepted_count(),
-        ids[0]
-    );
-    let missing = ids.len() - rows.len();
-    if args.serve {
-        println!("serving; Ctrl-C to stop");
-        crate::app::signal().await;
-    }
-    let _ = conn.close(200, "bye".into()).await;
-    worker.stop().await?;
-    sim.shutdown().await;
-    if missing > 0 {
-        anyhow::bail!("{missing} demo job(s) did not finish in time");
-    }
-    Ok(())
 }

@@ -12,11 +12,12 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 use wxdispatch::app::Worker;
 use wxdispatch::broker::{self, Publisher};
-use wxdispatch::config::{AccountConfig, Channel, Config, Rate, Secret};
+use wxdispatch::config::{AccountConfig, Config, Secret};
+use wxdispatch::tools::fixtures;
 use wxdispatch::tools::simulate::{self, SimHandle, SimOptions};
 
-pub const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
-pub const AES_KEY_2: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const AES_KEY: &str = fixtures::DEMO_AES_KEY;
+pub const AES_KEY_2: &str = fixtures::SECOND_AES_KEY;
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 fn unique(prefix: &str) -> String {
@@ -36,52 +37,24 @@ pub fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// A chatbot account of the fixtures with a token of its own (the token names the bot).
 pub fn chatbot_account(name: &str, base_url: &str) -> AccountConfig {
-    AccountConfig {
-        name: name.into(),
-        channel: Channel::Chatbot,
-        base_url: Some(base_url.into()),
-        rate: Rate {
-            per_second: None,
-            per_minute: None,
-            burst: None,
-            unlimited: true,
-        },
-        appid: Some("P5Zb1RfMtW7rS3k".into()),
-        default_channel: 0,
-        corpid: None,
-        secret: Secret::default(),
-        secret_file: None,
-        open_kfids: vec![],
-        token: Secret::new(format!("TOKEN{}", name.replace('-', ""))),
-        token_file: None,
-        encoding_aes_key: Secret::new(AES_KEY),
-        encoding_aes_key_file: None,
-    }
+    fixtures::chatbot_account(name, base_url, &format!("TOKEN{}", name.replace('-', "")))
 }
 
+/// A WeCom account of the fixtures (open_kfid `wkKF1`, its own corp) with a callback token
+/// and key, so tests can send it `kf_msg_or_event` callbacks.
 pub fn wecom_account(name: &str, base_url: &str) -> AccountConfig {
-    AccountConfig {
-        name: name.into(),
-        channel: Channel::Wecom,
-        base_url: Some(base_url.into()),
-        rate: Rate {
-            per_second: None,
-            per_minute: None,
-            burst: None,
-            unlimited: true,
-        },
-        appid: None,
-        default_channel: 0,
-        corpid: Some(format!("ww{}", name.replace('-', ""))),
-        secret: Secret::new(format!("secret-{name}")),
-        secret_file: None,
-        open_kfids: vec!["wkKF1".into()],
-        token: Secret::new("cbtoken"),
-        token_file: None,
-        encoding_aes_key: Secret::new(AES_KEY_2),
-        encoding_aes_key_file: None,
-    }
+    let mut a = fixtures::wecom_account(
+        name,
+        base_url,
+        &format!("ww{}", name.replace('-', "")),
+        &format!("secret-{name}"),
+        "wkKF1",
+    );
+    a.token = Secret::new("cbtoken");
+    a.encoding_aes_key = Secret::new(AES_KEY_2);
+    a
 }
 
 pub struct Env {

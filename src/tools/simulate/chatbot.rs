@@ -36,9 +36,13 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
+use super::accepted::NewRecord;
+use super::conversations::{KefuStatus, next_kefu_status};
 use super::gate::Api;
-use super::reply::{ApiErr, Reply, code, finish, ok};
-use super::state::{KefuStatus, NewRecord, SimState, lock, next_kefu_status};
+use super::reply::{ApiErr, Reply, code, ok};
+use super::respond::finish;
+use super::state::SimState;
+use super::util::lock;
 use super::xml::{self, Fields};
 
 /// The `event` values sendmsg accepts.
@@ -300,6 +304,7 @@ pub fn rich_type(msg: &str) -> Result<&'static str, String> {
     rich_value(&v, true)
 }
 
+// One arm per rich message type, each with the fields the platform requires: a table.
 fn rich_value(v: &Value, allow_multi: bool) -> Result<&'static str, String> {
     let o = v
         .as_object()

@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 
 use super::Faults;
 use super::reply::{ApiErr, Reply};
-use super::state::lock;
+use super::util::lock;
 use crate::config::Rate;
 
 /// Scripted errcode meaning "answer HTTP 500" (errcode -2 is not used by either platform).

@@ -1,16 +1,12 @@
 //! Answers in the platforms' shape: HTTP 200 with `{"errcode", "errmsg", …}`, plus the
-//! HTTP-level faults. Every handler computes a [`Reply`] synchronously; [`finish`] counts it and
-//! turns it into a response (holding the request first for a timeout fault).
+//! HTTP-level faults. Every handler computes a [`Reply`] synchronously;
+//! [`finish`](super::respond::finish) counts it and turns it into a response (holding the
+//! request first for a timeout fault). A leaf: the simulator's vocabulary of answers.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
-use axum::Json;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-
-use super::state::SimState;
 
 /// The errcodes the simulator answers, with the reason each is used.
 pub(crate) mod code {
@@ -178,31 +174,6 @@ impl From<Result<Value, ApiErr>> for Reply {
 /// `{"errcode":0,"errmsg":"ok"}`.
 pub(crate) fn ok() -> Value {
     json!({"errcode": 0, "errmsg": "ok"})
-}
-
-/// Count the reply against `account` (an index, `None` when no account could be identified)
-/// and turn it into a response.
-pub(crate) async fn finish(st: &Arc<SimState>, account: Option<usize>, reply: Reply) -> Response {
-    match reply {
-        Reply::Ok(v) => Json(v).into_response(),
-        Reply::Err(e) => {
-            st.count_error(account, &e.code.to_string());
-            Json(json!({"errcode": e.code, "errmsg": e.errmsg()})).into_response()
-        }
-        Reply::Http(status) => {
-            st.count_error(account, &format!("http{}", status.as_u16()));
-            status.into_response()
-        }
-        Reply::Hold => {
-            st.count_error(account, "timeout");
-            let hold = st.faults().hold_for();
-            tokio::select! {
-                _ = tokio::time::sleep(hold) => {}
-                _ = st.shutdown.cancelled() => {}
-            }
-            StatusCode::GATEWAY_TIMEOUT.into_response()
-        }
-    }
 }
 
 /// The value of `name` in a raw query string, percent-decoded (`+` is a space). Invalid

@@ -1,69 +1,34 @@
-//! Everything the simulated platforms remember, and the helpers tests use to drive it.
+//! Everything the simulated platforms remember ([`SimState`]): accounts, tokens, the accepted
+//! log, counters, conversations. The conversation helpers tests use to drive it are in
+//! [`super::drive`]; the pieces of state in [`super::accepted`], [`super::tokens`] and
+//! [`super::conversations`].
 //!
 //! Locking: every piece of state sits behind its own short `std` lock, taken only in
 //! synchronous code (never across an await), so concurrent requests only serialize on a few
 //! hundred nanoseconds of bookkeeping. The accepted log is an append-only `Vec` of `Arc`s, so a
 //! snapshot for the admin API copies pointers, not messages.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rand::Rng as _;
-use rand::distr::Alphanumeric;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::accepted::{Accepted, AcceptedLog, NewRecord, Record};
+use super::conversations::Conversations;
 use super::gate::{AccountGate, Api};
-use super::reply::{ApiErr, Reply, code};
-use super::{Accepted, Faults, SimOptions, xml};
+use super::options::{Faults, SimOptions};
+use super::reply::{ApiErr, Reply, code, query_param};
+use super::tokens::{Lookup, TokenBook};
+use super::util::lock;
 use crate::config::{AccountConfig, Channel};
 use crate::crypto::MsgCrypt;
 
-/// WeCom's sync_msg callback Token lifetime.
-pub const SYNC_TOKEN_TTL: Duration = Duration::from_secs(600);
-/// Lifetime of a welcome_code / msg_code for send_msg_on_event.
-pub const EVENT_CODE_TTL: Duration = Duration::from_secs(20);
-/// WeCom's reply window after a customer's last message.
-pub const REPLY_WINDOW: Duration = Duration::from_secs(48 * 3600);
-/// Messages a business may send in that window.
-pub const REPLY_QUOTA: u32 = 5;
-/// sync_msg only returns the last 3 days.
-pub const INBOUND_RETENTION: Duration = Duration::from_secs(3 * 24 * 3600);
-/// Length of generated access tokens (WeCom's are longer; callers must treat them as opaque).
-const ACCESS_TOKEN_LEN: usize = 64;
-/// Length of generated msgids, codes and sync tokens.
-const ID_LEN: usize = 32;
-/// An access token expired this long ago is forgotten (then 40014 instead of 42001).
-const TOKEN_MEMORY: Duration = Duration::from_secs(24 * 3600);
-/// The most accepted records kept in memory (the oldest are dropped first; counters and the
-/// duplicate-msgid check still cover all of them). A record is a few hundred bytes, so a
-/// benchmark that runs for hours stays within a few hundred MB.
-pub const MAX_RETAINED_ACCEPTED: usize = 1_000_000;
 /// Account name used in the counters when a request names no known account.
 pub const UNKNOWN_ACCOUNT: &str = "?";
-
-/// Lock a mutex, ignoring poisoning: no code here panics while holding a lock, and a
-/// simulator that keeps serving is more useful than one that cascades a test's panic.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn random_id(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 /// One simulated account.
 #[derive(Debug)]
@@ -87,152 +52,6 @@ pub(crate) struct CorpGroup {
     secret: String,
     pub accounts: Vec<usize>,
     pub open_kfids: HashSet<String>,
-}
-
-struct IssuedToken {
-    group: usize,
-    expires: Instant,
-}
-
-#[derive(Default)]
-struct TokenBook {
-    by_token: HashMap<String, IssuedToken>,
-    /// The token `gettoken` hands out per group while it is valid.
-    current: HashMap<usize, String>,
-}
-
-/// An accepted request as stored: compact (the body as JSON text, the account as an index),
-/// turned into an [`Accepted`] only when read.
-#[derive(Debug)]
-pub(crate) struct Record {
-    seq: u64,
-    at_ms: i64,
-    account: usize,
-    api: Api,
-    recipient: Box<str>,
-    msgid: Option<Box<str>>,
-    msgtype: Box<str>,
-    plaintext: Option<Box<str>>,
-    body: Box<str>,
-}
-
-/// What a handler hands to [`SimState::accept`].
-pub(crate) struct NewRecord<'a> {
-    pub api: Api,
-    pub recipient: &'a str,
-    pub msgid: Option<&'a str>,
-    pub msgtype: &'a str,
-    /// Chatbot: the decrypted plaintext.
-    pub plaintext: Option<String>,
-    /// The JSON body: WeCom's exact request bytes, the chatbot's fields serialized.
-    pub body: Cow<'a, str>,
-}
-
-#[derive(Debug, Default)]
-struct AcceptedLog {
-    next_seq: u64,
-    /// The most recent [`MAX_RETAINED_ACCEPTED`] records, in seq order.
-    records: VecDeque<Arc<Record>>,
-    /// Accepted since the last reset (including records no longer retained).
-    total: u64,
-    per_account: Vec<u64>,
-    msgids: Vec<HashSet<Box<str>>>,
-    duplicates: Vec<u64>,
-}
-
-/// A WeCom conversation, keyed by (open_kfid, external_userid).
-#[derive(Debug, Default)]
-pub(crate) struct Session {
-    pub state: i64,
-    pub servicer: Option<String>,
-    /// A msg_code was already returned for a move into 2 or 3 in this session.
-    pub serving_code_issued: bool,
-    pub last_customer: Option<Instant>,
-    pub sends_since_customer: u32,
-}
-
-/// Chatbot `status` alongside `kefustate`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum KefuStatus {
-    #[default]
-    Asking,
-    PersonServing,
-    Complete,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct InboundLog {
-    pub entries: Vec<(Instant, Value)>,
-    pub empty_pages: u32,
-}
-
-#[derive(Debug)]
-pub(crate) struct EventCode {
-    pub open_kfid: String,
-    pub external_userid: String,
-    pub expires: Instant,
-}
-
-/// The conversation side of both platforms (phase 2 state and the chatbot kefustate).
-#[derive(Debug, Default)]
-pub(crate) struct Conversations {
-    /// open_kfid → external_userid → session.
-    pub sessions: HashMap<String, HashMap<String, Session>>,
-    /// chatbot account index → openid → status.
-    pub kefu: HashMap<usize, HashMap<String, KefuStatus>>,
-    /// open_kfid → inbound log.
-    pub logs: HashMap<String, InboundLog>,
-    /// callback Token → (open_kfid, expiry).
-    pub sync_tokens: HashMap<String, (String, Instant)>,
-    /// welcome_code / msg_code → its conversation.
-    pub codes: HashMap<String, EventCode>,
-}
-
-impl Conversations {
-    pub fn session(&self, kfid: &str, user: &str) -> Option<&Session> {
-        self.sessions.get(kfid)?.get(user)
-    }
-
-    pub fn session_mut(&mut self, kfid: &str, user: &str) -> &mut Session {
-        self.sessions
-            .entry(kfid.to_owned())
-            .or_default()
-            .entry(user.to_owned())
-            .or_default()
-    }
-
-    pub fn issue_code(&mut self, kfid: &str, user: &str) -> String {
-        let now = Instant::now();
-        self.codes.retain(|_, c| c.expires > now);
-        let code = random_id(ID_LEN);
-        self.codes.insert(
-            code.clone(),
-            EventCode {
-                open_kfid: kfid.to_owned(),
-                external_userid: user.to_owned(),
-                expires: now + EVENT_CODE_TTL,
-            },
-        );
-        code
-    }
-
-    pub fn issue_sync_token(&mut self, kfid: &str) -> String {
-        let now = Instant::now();
-        self.sync_tokens.retain(|_, (_, exp)| *exp > now);
-        let token = random_id(ID_LEN);
-        self.sync_tokens
-            .insert(token.clone(), (kfid.to_owned(), now + SYNC_TOKEN_TTL));
-        token
-    }
-
-    /// Append an inbound entry; `msgid` must already be inside `entry`.
-    pub fn append(&mut self, kfid: &str, entry: Value) {
-        self.logs
-            .entry(kfid.to_owned())
-            .or_default()
-            .entries
-            .push((Instant::now(), entry));
-    }
 }
 
 /// Counters and state shown by `GET /_sim/stats`.
@@ -265,7 +84,7 @@ pub struct SimState {
     faults: RwLock<Faults>,
     tokens: RwLock<TokenBook>,
     gettoken_calls: Mutex<BTreeMap<String, u64>>,
-    log: Mutex<AcceptedLog>,
+    pub(crate) log: Mutex<AcceptedLog>,
     errors: Mutex<BTreeMap<String, u64>>,
     pub(crate) conv: Mutex<Conversations>,
     /// Changes on every reset so that sync cursors of a previous life restart from the top.
@@ -286,19 +105,8 @@ impl SimState {
             if by_name.insert(cfg.name.clone(), i).is_some() {
                 bail!("{}: duplicate account name", ctx());
             }
-            let crypt = if cfg.encoding_aes_key.is_empty() {
-                None
-            } else {
-                Some(
-                    MsgCrypt::new(
-                        cfg.token.expose(),
-                        cfg.encoding_aes_key.expose(),
-                        cfg.receive_id(),
-                    )
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .with_context(|| format!("{}: encoding_aes_key", ctx()))?,
-                )
-            };
+            let crypt =
+                account_crypt(&cfg).with_context(|| format!("{}: encoding_aes_key", ctx()))?;
             let throttle = match cfg.channel {
                 Channel::Chatbot => {
                     if cfg.token.is_empty() || crypt.is_none() || cfg.receive_id().is_empty() {
@@ -321,27 +129,7 @@ impl SimState {
                     if corpid.is_empty() {
                         bail!("{}: a wecom account needs a corpid", ctx());
                     }
-                    let secret = cfg.secret.expose().to_owned();
-                    let g = match corps
-                        .iter()
-                        .position(|g| g.corpid == corpid && g.secret == secret)
-                    {
-                        Some(g) => g,
-                        None => {
-                            corps.push(CorpGroup {
-                                corpid,
-                                secret,
-                                accounts: Vec::new(),
-                                open_kfids: HashSet::new(),
-                            });
-                            corps.len() - 1
-                        }
-                    };
-                    corps[g].accounts.push(i);
-                    for k in &cfg.open_kfids {
-                        corps[g].open_kfids.insert(k.clone());
-                        kfid_owner.entry(k.clone()).or_insert(i);
-                    }
+                    join_corp(&mut corps, &mut kfid_owner, i, corpid, &cfg);
                     code::WECOM_THROTTLED
                 }
             };
@@ -364,14 +152,7 @@ impl SimState {
             faults: RwLock::new(opts.faults.clone()),
             tokens: RwLock::new(TokenBook::default()),
             gettoken_calls: Mutex::new(BTreeMap::new()),
-            log: Mutex::new(AcceptedLog {
-                next_seq: 1,
-                per_account: vec![0; n],
-                msgids: vec![HashSet::new(); n],
-                duplicates: vec![0; n],
-                records: VecDeque::new(),
-                total: 0,
-            }),
+            log: Mutex::new(AcceptedLog::new(n)),
             errors: Mutex::new(BTreeMap::new()),
             conv: Mutex::new(Conversations::default()),
             cursor_epoch: AtomicU32::new(rand::random()),
@@ -414,33 +195,7 @@ impl SimState {
         if account >= self.accounts.len() {
             return 0;
         }
-        let mut rec = Record {
-            seq: 0,
-            at_ms: now_ms(),
-            account,
-            api: new.api,
-            recipient: new.recipient.into(),
-            msgid: new.msgid.map(Into::into),
-            msgtype: new.msgtype.into(),
-            plaintext: new.plaintext.map(String::into_boxed_str),
-            body: new.body.into(),
-        };
-        let mut log = lock(&self.log);
-        rec.seq = log.next_seq;
-        log.next_seq += 1;
-        if let Some(id) = &rec.msgid
-            && !log.msgids[account].insert(id.clone())
-        {
-            log.duplicates[account] += 1;
-        }
-        log.per_account[account] += 1;
-        log.total += 1;
-        let seq = rec.seq;
-        if log.records.len() >= MAX_RETAINED_ACCEPTED {
-            log.records.pop_front();
-        }
-        log.records.push_back(Arc::new(rec));
-        seq
+        lock(&self.log).push(account, new)
     }
 
     /// Retained records with `seq > since_seq`, optionally of one account, at most `limit`.
@@ -458,32 +213,13 @@ impl SimState {
             },
             None => None,
         };
-        let log = lock(&self.log);
-        let start = log.records.partition_point(|r| r.seq <= since_seq);
-        log.records
-            .range(start..)
-            .filter(|r| account.is_none_or(|a| r.account == a))
-            .take(limit)
-            .cloned()
-            .collect()
+        lock(&self.log).since(account, since_seq, limit)
     }
 
     /// A stored record as the public [`Accepted`] (parses the body).
     pub(crate) fn to_accepted(&self, r: &Record) -> Accepted {
-        let acct = &self.accounts[r.account];
-        Accepted {
-            seq: r.seq,
-            at_ms: r.at_ms,
-            account: acct.cfg.name.clone(),
-            channel: acct.channel_str(),
-            api: r.api.name(),
-            recipient: r.recipient.to_string(),
-            msgid: r.msgid.as_deref().map(str::to_owned),
-            msgtype: r.msgtype.to_string(),
-            plaintext: r.plaintext.as_deref().map(str::to_owned),
-            body: serde_json::from_str(&r.body)
-                .unwrap_or_else(|_| Value::String(r.body.to_string())),
-        }
+        let acct = &self.accounts[r.account()];
+        r.to_accepted(&acct.cfg.name, acct.channel_str())
     }
 
     /// Retained accepted requests with `seq > since_seq`, optionally of one account.
@@ -504,21 +240,21 @@ impl SimState {
         &self,
         query: Option<&str>,
     ) -> Result<usize, (Option<usize>, ApiErr)> {
-        let token = super::reply::query_param(query, "access_token")
+        let token = query_param(query, "access_token")
             .filter(|t| !t.is_empty())
             .ok_or((None, ApiErr::new(code::MISSING_TOKEN)))?;
         let book = self.tokens.read().unwrap_or_else(|e| e.into_inner());
-        let Some(t) = book.by_token.get(token.as_ref()) else {
-            return Err((None, ApiErr::new(code::INVALID_TOKEN)));
-        };
-        if Instant::now() >= t.expires {
-            let first = self
-                .corps
-                .get(t.group)
-                .and_then(|g| g.accounts.first().copied());
-            return Err((first, ApiErr::new(code::TOKEN_EXPIRED)));
+        match book.lookup(&token, Instant::now()) {
+            Lookup::Valid(group) => Ok(group),
+            Lookup::Unknown => Err((None, ApiErr::new(code::INVALID_TOKEN))),
+            Lookup::Expired(group) => {
+                let first = self
+                    .corps
+                    .get(group)
+                    .and_then(|g| g.accounts.first().copied());
+                Err((first, ApiErr::new(code::TOKEN_EXPIRED)))
+            }
         }
-        Ok(t.group)
     }
 
     /// The account of `group` a request is for: the owner of its open_kfid, else the first.
@@ -555,29 +291,11 @@ impl SimState {
             .iter()
             .position(|g| g.corpid == corpid && g.secret == secret)
             .ok_or(ApiErr::new(code::INVALID_SECRET))?;
-        let now = Instant::now();
         let mut book = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(cur) = book.current.get(&group)
-            && let Some(t) = book.by_token.get(cur)
-            && t.expires > now
-        {
-            let left = t.expires - now;
-            return Ok((cur.clone(), left.as_secs_f64().ceil() as u64));
-        }
-        book.by_token.retain(|_, t| t.expires + TOKEN_MEMORY > now);
-        let token = random_id(ACCESS_TOKEN_LEN);
-        book.by_token.insert(
-            token.clone(),
-            IssuedToken {
-                group,
-                expires: now + self.token_ttl,
-            },
-        );
-        book.current.insert(group, token.clone());
-        Ok((token, self.token_ttl.as_secs_f64().ceil() as u64))
+        Ok(book.current_or_issue(group, self.token_ttl, Instant::now()))
     }
 
-    fn warn_unknown(&self, what: &str, account: &str) -> Option<usize> {
+    pub(crate) fn warn_unknown(&self, what: &str, account: &str) -> Option<usize> {
         let i = self.account_index(account);
         if i.is_none() {
             tracing::warn!(account, "simulator: {what} for an unknown account ignored");
@@ -587,7 +305,7 @@ impl SimState {
 
     // ------------------------------------------------------------------ public API
 
-    /// A snapshot of everything accepted (the last [`MAX_RETAINED_ACCEPTED`]), in acceptance
+    /// A snapshot of everything accepted (the last [`MAX_RETAINED_ACCEPTED`](super::MAX_RETAINED_ACCEPTED)), in acceptance
     /// order.
     pub fn accepted(&self) -> Vec<Accepted> {
         self.accepted_since(None, 0, usize::MAX)
@@ -618,19 +336,14 @@ impl SimState {
 
     /// Every issued access token becomes expired: its next use is answered 42001.
     pub fn expire_tokens(&self) {
-        let now = Instant::now();
         let mut book = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        for t in book.by_token.values_mut() {
-            t.expires = t.expires.min(now);
-        }
-        book.current.clear();
+        book.expire_all(Instant::now());
     }
 
     /// Every issued access token becomes unknown: its next use is answered 40014.
     pub fn revoke_tokens(&self) {
         let mut book = self.tokens.write().unwrap_or_else(|e| e.into_inner());
-        book.by_token.clear();
-        book.current.clear();
+        book.revoke_all();
     }
 
     /// gettoken calls naming `corpid` (successful or not).
@@ -704,14 +417,7 @@ impl SimState {
     /// pending scripts. Tokens, fault rates and conversation state are kept; accepted `seq`
     /// numbers keep increasing.
     pub fn reset(&self) {
-        {
-            let mut log = lock(&self.log);
-            log.records = VecDeque::new();
-            log.total = 0;
-            log.per_account.iter_mut().for_each(|c| *c = 0);
-            log.duplicates.iter_mut().for_each(|c| *c = 0);
-            log.msgids.iter_mut().for_each(HashSet::clear);
-        }
+        lock(&self.log).reset();
         lock(&self.errors).clear();
         lock(&self.gettoken_calls).clear();
         for a in &self.accounts {
@@ -724,215 +430,6 @@ impl SimState {
     pub fn reset_conversations(&self) {
         *lock(&self.conv) = Conversations::default();
         self.cursor_epoch.fetch_add(1, Ordering::Relaxed);
-    }
-
-    // ------------------------------------------------------------------ conversations
-
-    /// A customer's text message to `open_kfid`: appended to its inbound log (origin 3), the
-    /// 48-hour window and 5-message quota restart, and an ended session (4) starts anew (0).
-    ///
-    /// Returns one string that is both the new message's `msgid` and a fresh callback `Token`
-    /// (valid 10 minutes) for sync_msg / [`Self::callback_request`].
-    pub fn customer_message(
-        &self,
-        account: &str,
-        open_kfid: &str,
-        external_userid: &str,
-        text: &str,
-    ) -> String {
-        self.warn_unknown("customer_message", account);
-        let id = random_id(ID_LEN);
-        let mut conv = lock(&self.conv);
-        conv.append(
-            open_kfid,
-            json!({
-                "msgid": id,
-                "open_kfid": open_kfid,
-                "external_userid": external_userid,
-                "send_time": now_ms() / 1000,
-                "origin": 3,
-                "msgtype": "text",
-                "text": {"content": text},
-            }),
-        );
-        let s = conv.session_mut(open_kfid, external_userid);
-        if s.state == 4 {
-            *s = Session::default();
-        }
-        s.last_customer = Some(Instant::now());
-        s.sends_since_customer = 0;
-        let now = Instant::now();
-        conv.sync_tokens.retain(|_, (_, exp)| *exp > now);
-        conv.sync_tokens
-            .insert(id.clone(), (open_kfid.to_owned(), now + SYNC_TOKEN_TTL));
-        id
-    }
-
-    /// A fresh callback Token (valid 10 minutes) for sync_msg on `open_kfid`.
-    pub fn issue_callback_token(&self, account: &str, open_kfid: &str) -> String {
-        self.warn_unknown("issue_callback_token", account);
-        lock(&self.conv).issue_sync_token(open_kfid)
-    }
-
-    /// The customer opens the conversation: an `enter_session` event (origin 4) with a
-    /// `welcome_code` for send_msg_on_event (single use, valid 20 s), which is returned.
-    pub fn enter_session(&self, account: &str, open_kfid: &str, external_userid: &str) -> String {
-        self.warn_unknown("enter_session", account);
-        let mut conv = lock(&self.conv);
-        let code = conv.issue_code(open_kfid, external_userid);
-        let ev = json!({
-            "event_type": "enter_session",
-            "open_kfid": open_kfid,
-            "external_userid": external_userid,
-            "scene": "",
-            "scene_param": "",
-            "welcome_code": code,
-        });
-        push_event_locked(&mut conv, open_kfid, ev);
-        code
-    }
-
-    /// Append a system event (origin 4) to `open_kfid`'s inbound log, e.g.
-    /// `{"event_type": "msg_send_fail", "external_userid": …, "fail_msgid": …, "fail_type": 4}`.
-    /// `open_kfid` is added to the event when missing. Returns the entry's msgid.
-    pub fn push_event(&self, account: &str, open_kfid: &str, event: Value) -> String {
-        self.warn_unknown("push_event", account);
-        push_event_locked(&mut lock(&self.conv), open_kfid, event)
-    }
-
-    /// Set a WeCom session's service state (0 new, 1 bot, 2 queued, 3 human, 4 ended)
-    /// directly, as a servicer's action in the admin UI would.
-    pub fn set_service_state(
-        &self,
-        account: &str,
-        open_kfid: &str,
-        external_userid: &str,
-        state: i64,
-        servicer: Option<&str>,
-    ) {
-        self.warn_unknown("set_service_state", account);
-        let mut conv = lock(&self.conv);
-        let s = conv.session_mut(open_kfid, external_userid);
-        s.state = state;
-        s.servicer = servicer.filter(|v| !v.is_empty()).map(str::to_owned);
-    }
-
-    /// A WeCom session's service state and servicer (0 and none when never seen).
-    pub fn service_state(&self, open_kfid: &str, external_userid: &str) -> (i64, Option<String>) {
-        let conv = lock(&self.conv);
-        conv.session(open_kfid, external_userid)
-            .map_or((0, None), |s| (s.state, s.servicer.clone()))
-    }
-
-    /// Set a chatbot user's kefustate (`on`: a human serves, the bot must stay silent).
-    pub fn set_kefustate(&self, account: &str, openid: &str, on: bool) {
-        if let Some(i) = self.warn_unknown("set_kefustate", account) {
-            let mut conv = lock(&self.conv);
-            let st = conv
-                .kefu
-                .entry(i)
-                .or_default()
-                .entry(openid.to_owned())
-                .or_default();
-            *st = next_kefu_status(*st, on);
-        }
-    }
-
-    /// A chatbot user's kefustate (`false` when never set).
-    pub fn kefustate(&self, account: &str, openid: &str) -> bool {
-        let Some(i) = self.account_index(account) else {
-            return false;
-        };
-        let conv = lock(&self.conv);
-        conv.kefu
-            .get(&i)
-            .and_then(|m| m.get(openid))
-            .is_some_and(|s| *s == KefuStatus::PersonServing)
-    }
-
-    /// The next sync_msg on `open_kfid` returns an empty page with `has_more = 1` (as WeCom
-    /// sometimes does); calls add up.
-    pub fn inject_empty_page(&self, account: &str, open_kfid: &str) {
-        self.warn_unknown("inject_empty_page", account);
-        lock(&self.conv)
-            .logs
-            .entry(open_kfid.to_owned())
-            .or_default()
-            .empty_pages += 1;
-    }
-
-    /// A WeCom `kf_msg_or_event` callback for the worker: `(query, body)` where `query` is
-    /// `msg_signature=…&timestamp=…&nonce=…` and `body` the `<xml><ToUserName/><AgentID/>
-    /// <Encrypt/></xml>` envelope, signed and encrypted with the account's callback token and
-    /// EncodingAESKey (receive id = corpid).
-    ///
-    /// # Panics
-    /// When `account` is unknown or has no callback key: a test set-up mistake. See
-    /// [`Self::try_callback_request`].
-    pub fn callback_request(
-        &self,
-        account: &str,
-        open_kfid: &str,
-        token: &str,
-    ) -> (String, String) {
-        match self.try_callback_request(account, open_kfid, token) {
-            Ok(r) => r,
-            Err(e) => panic!("callback_request: {e}"),
-        }
-    }
-
-    /// [`Self::callback_request`], with an error instead of a panic.
-    pub fn try_callback_request(
-        &self,
-        account: &str,
-        open_kfid: &str,
-        token: &str,
-    ) -> Result<(String, String), String> {
-        let (crypt, corpid) = self.callback_crypt(account)?;
-        let ts = (now_ms() / 1000).to_string();
-        let plain = format!(
-            "<xml><ToUserName>{}</ToUserName><CreateTime>{ts}</CreateTime><MsgType>{}</MsgType><Event>{}</Event><Token>{}</Token><OpenKfId>{}</OpenKfId></xml>",
-            xml::cdata(corpid),
-            xml::cdata("event"),
-            xml::cdata("kf_msg_or_event"),
-            xml::cdata(token),
-            xml::cdata(open_kfid),
-        );
-        let enc = crypt.encrypt(plain.as_bytes());
-        let query = signed_query(crypt, &enc);
-        let body = format!(
-            "<xml><ToUserName>{}</ToUserName><AgentID>{}</AgentID><Encrypt>{}</Encrypt></xml>",
-            xml::cdata(corpid),
-            xml::cdata(""),
-            xml::cdata(&enc),
-        );
-        Ok((query, body))
-    }
-
-    /// A WeCom callback URL verification (GET) for the worker: `(query, echostr_plain)`; the
-    /// query carries `msg_signature`, `timestamp`, `nonce` and the encrypted, URL-encoded
-    /// `echostr`; the worker must answer `echostr_plain` as the bare body.
-    pub fn verify_url_request(&self, account: &str) -> Result<(String, String), String> {
-        let (crypt, _) = self.callback_crypt(account)?;
-        let plain = random_id(19);
-        let enc = crypt.encrypt(plain.as_bytes());
-        let query = signed_query(crypt, &enc);
-        Ok((format!("{query}&echostr={}", url_encode(&enc)), plain))
-    }
-
-    fn callback_crypt(&self, account: &str) -> Result<(&MsgCrypt, &str), String> {
-        let i = self
-            .account_index(account)
-            .ok_or_else(|| format!("unknown account '{account}'"))?;
-        let a = &self.accounts[i];
-        if a.cfg.channel != Channel::Wecom {
-            return Err(format!("account '{account}' is not a wecom account"));
-        }
-        let crypt = a
-            .crypt
-            .as_ref()
-            .ok_or_else(|| format!("account '{account}' has no callback token/encoding_aes_key"))?;
-        Ok((crypt, a.cfg.corpid.as_deref().unwrap_or("")))
     }
 }
 
@@ -955,56 +452,48 @@ impl std::fmt::Debug for SimState {
     }
 }
 
-/// Chatbot status after a kefustate change.
-pub(crate) fn next_kefu_status(cur: KefuStatus, on: bool) -> KefuStatus {
-    match (cur, on) {
-        (_, true) => KefuStatus::PersonServing,
-        (KefuStatus::PersonServing, false) => KefuStatus::Complete,
-        (s, false) => s,
+/// The account's WXBizMsgCrypt, when it has an EncodingAESKey.
+fn account_crypt(cfg: &AccountConfig) -> anyhow::Result<Option<MsgCrypt>> {
+    if cfg.encoding_aes_key.is_empty() {
+        return Ok(None);
     }
+    MsgCrypt::new(
+        cfg.token.expose(),
+        cfg.encoding_aes_key.expose(),
+        cfg.receive_id(),
+    )
+    .map(Some)
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-pub(crate) fn push_event_locked(
-    conv: &mut Conversations,
-    open_kfid: &str,
-    mut event: Value,
-) -> String {
-    if let Some(o) = event.as_object_mut() {
-        o.entry("open_kfid").or_insert_with(|| json!(open_kfid));
-    }
-    let id = random_id(ID_LEN);
-    conv.append(
-        open_kfid,
-        json!({
-            "msgid": id,
-            "send_time": now_ms() / 1000,
-            "origin": 4,
-            "msgtype": "event",
-            "event": event,
-        }),
-    );
-    id
-}
-
-/// `msg_signature=…&timestamp=…&nonce=…` for a callback carrying `encrypt`.
-fn signed_query(crypt: &MsgCrypt, encrypt: &str) -> String {
-    let ts = (now_ms() / 1000).to_string();
-    let nonce = rand::rng()
-        .random_range(100_000_000u64..10_000_000_000)
-        .to_string();
-    let sig = crypt.signature(&ts, &nonce, encrypt);
-    format!("msg_signature={sig}&timestamp={ts}&nonce={nonce}")
-}
-
-/// Percent-encode everything but unreserved characters (base64's `+`, `/`, `=` included).
-pub(crate) fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3 / 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// Add WeCom account `i` to the corp group of its (corpid, secret), creating the group, and
+/// make it the owner of its open_kfids not owned yet.
+fn join_corp(
+    corps: &mut Vec<CorpGroup>,
+    kfid_owner: &mut HashMap<String, usize>,
+    i: usize,
+    corpid: String,
+    cfg: &AccountConfig,
+) {
+    let secret = cfg.secret.expose().to_owned();
+    let g = match corps
+        .iter()
+        .position(|g| g.corpid == corpid && g.secret == secret)
+    {
+        Some(g) => g,
+        None => {
+            corps.push(CorpGroup {
+                corpid,
+                secret,
+                accounts: Vec::new(),
+                open_kfids: HashSet::new(),
+            });
+            corps.len() - 1
         }
+    };
+    corps[g].accounts.push(i);
+    for k in &cfg.open_kfids {
+        corps[g].open_kfids.insert(k.clone());
+        kfid_owner.entry(k.clone()).or_insert(i);
     }
-    out
 }

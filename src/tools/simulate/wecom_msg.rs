@@ -190,6 +190,7 @@ fn coordinate(p: &Map<String, Value>, key: &str, bound: f64) -> Result<(), ApiEr
     }
 }
 
+// One check after another in the documented order, each with its errcode: a list, not logic.
 fn validate_menu(p: &Map<String, Value>) -> Result<(), ApiErr> {
     if let Some(h) = opt(p, "head_content", "msgmenu")? {
         within(h, MENU_HEAD_MAX, "msgmenu.head_content")?;

@@ -29,6 +29,8 @@ impl Fields {
 }
 
 /// Parse `<xml>…</xml>` (the root must be named `xml`).
+// One pass over quick-xml's events with its limits checked inline; split, the states of the
+// pass would have to travel between the parts.
 pub(crate) fn parse(text: &str) -> Result<Fields, String> {
     let mut r = Reader::from_str(text);
     let mut fields = Fields::default();
