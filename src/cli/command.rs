@@ -37,19 +37,19 @@ pub enum Command {
     /// `broadcast status <id>` / `broadcast cancel <id>`.
     Broadcast(super::broadcast::BroadcastArgs),
     /// Serve a local simulator of the Dialogue Open Platform and WeCom kf APIs.
-    Simulate(crate::tools::simulate::SimArgs),
+    Simulate(super::simulate::SimArgs),
     /// Validate the configuration and print it with secrets masked.
     CheckConfig,
     /// Start the simulator and a worker on demo accounts, send one job of every message type,
     /// print what happened. Uses the local RabbitMQ and Postgres.
-    Demo(crate::tools::demo::DemoArgs),
+    Demo(super::demo::DemoArgs),
     /// Dead letters: list them, replay them after fixing the cause.
     Dlq(super::dlq::DlqArgs),
     /// Deliveries per account and status, dead letters per reason.
     Stats(super::stats::StatsArgs),
     /// Measure throughput, latency, memory, crypto and limiter accuracy against the local
     /// RabbitMQ, Postgres and simulator; prints one table. Build with --release.
-    Bench(crate::tools::bench::BenchArgs),
+    Bench(super::bench::BenchArgs),
     /// WeCom customer service administration: kf accounts, servicers, customers, sessions, statistics.
     Kf(crate::platform::kf::KfArgs),
 }
@@ -89,11 +89,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => super::send::run(load(&cli.config)?, args).await,
         Command::Status { job_id } => super::status::run(load(&cli.config)?, &job_id).await,
         Command::Broadcast(args) => super::broadcast::run(load(&cli.config)?, args).await,
-        Command::Simulate(args) => crate::tools::simulate::run_cli(&load(&cli.config)?, args).await,
-        Command::Demo(args) => crate::tools::demo::run(cli.config.as_deref(), args).await,
+        Command::Simulate(args) => super::simulate::run(&load(&cli.config)?, args).await,
+        Command::Demo(args) => super::demo::run(cli.config.as_deref(), args).await,
         Command::Dlq(args) => super::dlq::run(load(&cli.config)?, args).await,
         Command::Stats(args) => super::stats::run(load(&cli.config)?, args).await,
-        Command::Bench(args) => crate::tools::bench::run(cli.config.as_deref(), args).await,
+        Command::Bench(args) => super::bench::run(cli.config.as_deref(), args).await,
         Command::Kf(args) => crate::platform::kf::run(load(&cli.config)?, args).await,
     }
 }

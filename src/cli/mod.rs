@@ -2,14 +2,17 @@
 //! command exits 0 on success and otherwise prints one clear line on stderr and exits non-zero
 //! (1 runtime failure, 2 usage or configuration; [`exit`] decides which).
 
+pub mod bench;
 pub mod broadcast;
 pub mod check_config;
 pub mod dlq;
 pub mod command;
+pub mod demo;
 pub mod exit;
 pub mod migrate;
 pub mod run;
 pub mod send;
+pub mod simulate;
 pub mod stats;
 pub mod status;
 pub mod table;

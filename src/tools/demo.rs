@@ -19,9 +19,6 @@ use crate::tools::fixtures::demo_accounts;
 use crate::tools::simulate;
 
 pub use crate::tools::fixtures::sample_messages;
-// The command line lives in `cli/demo.rs` (compiled from `tools/mod.rs` until `cli/mod.rs`
-// declares it), re-exported so that `Command::Demo` keeps its path.
-pub use crate::tools::demo_cli::{DemoArgs, run};
 
 /// What `wxdispatch demo` does beyond the fixed demo.
 #[derive(Debug, Clone)]

@@ -41,8 +41,3 @@ mod tests;
 pub use options::{BenchChannel, BenchOptions, Figure};
 pub use run::run_bench;
 
-// The command line lives in `cli/bench.rs`; until `cli/mod.rs` declares it (`pub mod bench;`),
-// it is compiled here so that `Command::Bench` keeps its path.
-#[path = "../../cli/bench.rs"]
-mod cli_args;
-pub use cli_args::{BenchArgs, run};

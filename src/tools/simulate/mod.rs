@@ -87,8 +87,3 @@ pub use options::{DEFAULT_FAULT_TIMEOUT_MS, DEFAULT_TOKEN_TTL, Faults, SimOption
 pub use server::{DEFAULT_LISTEN, SHUTDOWN_GRACE, SimHandle, router, serve, start};
 pub use state::{SimState, SimStats, UNKNOWN_ACCOUNT};
 
-// The command line lives in `cli/simulate.rs`; until `cli/mod.rs` declares it
-// (`pub mod simulate;`), it is compiled here so that `Command::Simulate` keeps its path.
-#[path = "../../cli/simulate.rs"]
-mod cli_args;
-pub use cli_args::{SimArgs, run as run_cli};
