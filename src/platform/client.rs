@@ -9,13 +9,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::token::{TokenManager, TokenStore};
 use crate::config::{AccountConfig, Channel};
 use crate::crypto::MsgCrypt;
 use crate::domain::job::Job;
 use crate::policy::{Api, CallResult};
-use crate::store::Store;
-
-use super::token::TokenManager;
 
 /// One account's platform client.
 pub struct Platform {
@@ -38,10 +36,16 @@ impl std::fmt::Debug for Platform {
 }
 
 impl Platform {
-    pub fn new(account: AccountConfig, http: reqwest::Client, store: Store) -> Self {
+    /// The client of `account`; a WeCom account shares its access tokens through `tokens`
+    /// (a chatbot account needs none and drops it).
+    pub fn new(
+        account: AccountConfig,
+        http: reqwest::Client,
+        tokens: impl TokenStore + 'static,
+    ) -> Self {
         let crypt = account.crypt();
         let tokens = (account.channel == Channel::Wecom)
-            .then(|| TokenManager::new(&account, http.clone(), store));
+            .then(|| TokenManager::new(&account, http.clone(), Box::new(tokens)));
         Self {
             account,
             http,

@@ -9,4 +9,4 @@ pub mod wecom;
 
 pub use client::Platform;
 pub use http::http_client;
-pub use token::TokenManager;
+pub use token::{StoredToken, TokenManager, TokenStore};

@@ -1,15 +1,19 @@
 //! WeCom access tokens: an in-process cache in front of the shared token store, refreshed
 //! single-flight and ahead of expiry, with a short negative cache after a refused gettoken.
+//!
+//! The shared store is a [`TokenStore`]: the platform layer knows what it must do (refresh
+//! under a lock that spans processes, invalidate one generation), not that it is Postgres
+//! (`crate::store` implements it).
 
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::config::{AccountConfig, Channel, Secret};
 use crate::policy::{self, Action, Api, CallResult};
-use crate::store::{Store, StoredToken};
 use crate::telemetry as t;
 
 use super::http::call_json;
@@ -20,16 +24,53 @@ const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 /// platform blocks gettoken for an hour after about 2000 bad calls.
 const GETTOKEN_NEGATIVE_CACHE: Duration = Duration::from_secs(30);
 
-/// WeCom access tokens: an in-process cache in front of the `access_tokens` table, refreshed
-/// single-flight (one refresh per process via a mutex, one per account across processes via a
-/// Postgres advisory lock), ahead of expiry.
+/// An access token as the shared store holds it.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    /// Counts the account's refreshes: an invalidation names the generation it saw rejected,
+    /// so a newer token another process fetched meanwhile is kept.
+    pub generation: i64,
+}
+
+/// The answer of a `gettoken` call: the token and its lifetime in seconds, or the failure.
+pub type Fetched = Result<(String, i64), CallResult>;
+
+/// The access tokens shared by every process of the deployment, one per account.
+///
+/// Object-safe (boxed futures), so a [`TokenManager`] holds any store; it is called only on a
+/// refresh or an invalidation, never on a send that finds its token cached.
+pub trait TokenStore: Send + Sync {
+    /// Single-flight refresh across processes: under a lock on `account` held by one process
+    /// at a time, re-read the stored token; if it is still good for `min_valid`, return it
+    /// (someone else refreshed, `fetch` is never polled); otherwise await `fetch` and store its
+    /// token with the next generation. The outer error is the store's own failure.
+    fn refresh<'a>(
+        &'a self,
+        account: &'a str,
+        min_valid: chrono::Duration,
+        fetch: BoxFuture<'a, Fetched>,
+    ) -> BoxFuture<'a, anyhow::Result<Result<StoredToken, CallResult>>>;
+
+    /// Mark the token of `generation` expired (only that one: a newer token stays).
+    fn invalidate<'a>(
+        &'a self,
+        account: &'a str,
+        generation: i64,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// WeCom access tokens: an in-process cache in front of the shared [`TokenStore`], refreshed
+/// single-flight (one refresh per process via a mutex, one per account across processes via
+/// the store's lock — in Postgres an advisory lock), ahead of expiry.
 pub struct TokenManager {
     account: String,
     corpid: String,
     secret: Secret,
     base_url: String,
     http: reqwest::Client,
-    store: Store,
+    store: Box<dyn TokenStore>,
     cache: RwLock<Option<StoredToken>>,
     refresh: tokio::sync::Mutex<()>,
     /// The last configuration failure of gettoken and when it happened (negative cache).
@@ -38,7 +79,11 @@ pub struct TokenManager {
 
 impl TokenManager {
     /// The token manager of a WeCom account, sharing its tokens through `store`.
-    pub(super) fn new(account: &AccountConfig, http: reqwest::Client, store: Store) -> Self {
+    pub(super) fn new(
+        account: &AccountConfig,
+        http: reqwest::Client,
+        store: Box<dyn TokenStore>,
+    ) -> Self {
         Self {
             account: account.name.clone(),
             corpid: account.corpid.clone().unwrap_or_default(),
@@ -90,7 +135,7 @@ impl TokenManager {
         let ahead = chrono::Duration::from_std(REFRESH_AHEAD).unwrap_or_default();
         let fetched = self
             .store
-            .refresh_token(&self.account, ahead, || self.gettoken())
+            .refresh(&self.account, ahead, Box::pin(self.gettoken()))
             .await;
         match fetched {
             Ok(Ok(tok)) => {
@@ -115,7 +160,7 @@ impl TokenManager {
         }
     }
 
-    async fn gettoken(&self) -> Result<(String, i64), CallResult> {
+    async fn gettoken(&self) -> Fetched {
         metrics::counter!(t::TOKEN_REFRESHES, "account" => self.account.clone()).increment(1);
         let url = format!("{}/cgi-bin/gettoken", self.base_url);
         let req = self.http.get(url).query(&[
@@ -150,8 +195,12 @@ impl TokenManager {
                 *g = None;
             }
         }
-        if let Err(e) = self.store.invalidate_token(&self.account, generation).await {
+        if let Err(e) = self.store.invalidate(&self.account, generation).await {
             tracing::warn!(account = %self.account, error = %e, "could not invalidate the stored token");
         }
     }
 }
+
+#[cfg(test)]
+#[path = "token_tests.rs"]
+mod tests;

@@ -2,5 +2,6 @@
 //! private to this module.
 
 pub mod pool;
+pub mod token_store;
 
 pub use pool::*;
