@@ -107,7 +107,7 @@ impl TokenManager {
         g.as_ref().filter(|t| Self::fresh(t)).cloned()
     }
 
-    /// A token valid for at least [`REFRESH_AHEAD`], or the gettoken failure.
+    /// A token valid for at least `REFRESH_AHEAD` (5 min), or the gettoken failure.
     pub async fn get(&self) -> Result<StoredToken, CallResult> {
         if let Some(t) = self.cached() {
             return Ok(t);

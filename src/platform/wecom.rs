@@ -63,7 +63,7 @@ impl Platform {
         self.wecom_post(tokens, path, body.into()).await.0
     }
 
-    /// POST a WeCom business API with the token protocol (see [`Self::wecom_request`]),
+    /// POST a WeCom business API with the token protocol (see `wecom_request`),
     /// JSON in and out.
     pub async fn wecom_call(
         &self,
