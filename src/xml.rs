@@ -233,5 +233,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-#[path = "xml_tests.rs"]
 mod tests;

@@ -7,7 +7,6 @@ pub mod headers;
 pub mod publisher;
 pub mod topology;
 
-pub use crate::text::truncate;
 pub use connection::{Broker, connect, redact_amqp_url};
 pub use headers::{
     DeadHeaders, H_ACCOUNT, H_ATTEMPTS, H_ERRCODE, H_ERRMSG, H_OPEN_KFID, H_PARKS, H_PUBLISHED_MS,

@@ -4,8 +4,8 @@
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::ops::broadcast::{self, Draft, Progress, clean_recipients};
 use crate::config::Config;
+use crate::ops::broadcast::{self, Draft, Progress, clean_recipients};
 use crate::store::Store;
 
 /// `wxdispatch broadcast --account A --to-file recipients.txt --message msg.json`, or

@@ -51,7 +51,7 @@ pub enum Command {
     /// RabbitMQ, Postgres and simulator; prints one table. Build with --release.
     Bench(super::bench::BenchArgs),
     /// WeCom customer service administration: kf accounts, servicers, customers, sessions, statistics.
-    Kf(crate::platform::kf::KfArgs),
+    Kf(super::kf::KfArgs),
 }
 
 /// Entry point of the binary.
@@ -94,6 +94,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(args) => super::dlq::run(load(&cli.config)?, args).await,
         Command::Stats(args) => super::stats::run(load(&cli.config)?, args).await,
         Command::Bench(args) => super::bench::run(cli.config.as_deref(), args).await,
-        Command::Kf(args) => crate::platform::kf::run(load(&cli.config)?, args).await,
+        Command::Kf(args) => super::kf::run(load(&cli.config)?, args).await,
     }
 }

@@ -13,7 +13,9 @@ pub fn code(e: &anyhow::Error) -> u8 {
 }
 
 fn is_usage(e: &anyhow::Error) -> bool {
-    UsageError::is_in(e) || e.chain().any(|c| c.downcast_ref::<KfError>().is_some_and(KfError::is_usage))
+    UsageError::is_in(e)
+        || e.chain()
+            .any(|c| c.downcast_ref::<KfError>().is_some_and(KfError::is_usage))
 }
 
 /// Print the failure as one line on stderr and return its exit code.

@@ -5,10 +5,11 @@
 pub mod bench;
 pub mod broadcast;
 pub mod check_config;
-pub mod dlq;
 pub mod command;
 pub mod demo;
+pub mod dlq;
 pub mod exit;
+pub mod kf;
 pub mod migrate;
 pub mod run;
 pub mod send;
@@ -17,7 +18,6 @@ pub mod stats;
 pub mod status;
 pub mod table;
 pub mod usage;
-
 
 pub use command::{Cli, Command, dispatch, main};
 pub use send::SendArgs;

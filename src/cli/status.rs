@@ -4,10 +4,10 @@ use std::io::Write;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::ops::status::{self, ConversationReport, Report};
 use crate::config::Config;
 use crate::domain::allowance::WECOM_WINDOW_QUOTA;
 use crate::domain::service_state::ServiceState;
+use crate::ops::status::{self, ConversationReport, Report};
 use crate::store::{self, Store};
 
 pub async fn run(cfg: Config, job_id: &str) -> anyhow::Result<()> {

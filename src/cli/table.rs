@@ -82,7 +82,7 @@ pub fn one_line(s: &str, max: usize) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    crate::broker::truncate(&flat, max)
+    crate::text::truncate(&flat, max)
 }
 
 /// An age in its largest whole unit: `3s`, `3m`, `2h`, `4d` (negative ones are `0s`).

@@ -86,12 +86,6 @@ impl AccountConfig {
         })
     }
 
-    /// The lane queue of this account: the same name as `broker::lane_queue`, which is its
-    /// home (the settings sit below the broker and cannot call it).
-    pub fn queue(&self) -> String {
-        format!("wxdispatch.{}", self.name)
-    }
-
     /// The WXBizMsgCrypt receive id: the chatbot APPID or the WeCom corpid.
     pub fn receive_id(&self) -> &str {
         match self.channel {

@@ -47,7 +47,7 @@ pub fn clean_recipients<'a>(
         } else if !job::valid_recipient(r) {
             skipped.invalid += 1;
             if skipped.examples.len() < 5 {
-                skipped.examples.push(crate::broker::truncate(r, 40));
+                skipped.examples.push(crate::text::truncate(r, 40));
             }
         } else if !seen.insert(r.to_owned()) {
             skipped.duplicate += 1;

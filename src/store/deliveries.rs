@@ -523,3 +523,27 @@ mod tests {
         assert_eq!(Status::parse("bogus"), None);
     }
 }
+
+/// A job's outcome as the demo prints it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutcomeRow {
+    pub job_id: String,
+    pub account: String,
+    pub status: String,
+    pub attempts: i32,
+    /// The error text, empty when there is none.
+    pub error: String,
+}
+
+impl super::Store {
+    /// The outcomes of these jobs, by job id.
+    pub async fn outcome_rows(&self, ids: &[String]) -> anyhow::Result<Vec<OutcomeRow>> {
+        Ok(sqlx::query_as::<_, OutcomeRow>(
+            "SELECT job_id, account, status, attempts, coalesce(error, '') AS error \
+             FROM deliveries WHERE job_id = ANY($1) ORDER BY job_id",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

@@ -22,4 +22,3 @@ pub use deliveries::{
     Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
 };
 pub use pool::{Store, connect_pool, migrate};
-pub use tokens::StoredToken;

@@ -310,8 +310,9 @@ impl Store {
         }
     }
 
-    /// The pool itself, for the statements not yet moved into the store.
-    pub fn pool(&self) -> &PgPool {
+    /// The pool itself: for the store's own statements only (every SQL statement lives in
+    /// `store/`).
+    pub(super) fn pool(&self) -> &PgPool {
         &self.pool
     }
 

@@ -1,35 +1,16 @@
 //! `access_tokens`: the WeCom access tokens shared by every worker of an account, refreshed by
-//! one of them at a time.
+//! one of them at a time — the platform layer's [`TokenStore`].
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::Row;
 
-use super::Store;
+use futures::future::BoxFuture;
 
-/// A cached access token; `generation` counts its refreshes, so an invalidation names the
-/// token it saw fail and leaves a newer one alone.
-#[derive(Debug, Clone)]
-pub struct StoredToken {
-    pub token: String,
-    pub expires_at: DateTime<Utc>,
-    pub generation: i64,
-}
+use super::Store;
+use crate::platform::token::{Fetched, StoredToken, TokenStore};
+use crate::policy::CallResult;
 
 impl Store {
-    pub async fn load_token(&self, account: &str) -> anyhow::Result<Option<StoredToken>> {
-        let row = sqlx::query(
-            "SELECT token, expires_at, generation FROM access_tokens WHERE account = $1",
-        )
-        .bind(account)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| StoredToken {
-            token: r.get("token"),
-            expires_at: r.get("expires_at"),
-            generation: r.get("generation"),
-        }))
-    }
-
     /// Single-flight refresh across processes: under a transaction-scoped advisory lock on the
     /// account, re-read the token; if it is still good for `min_valid`, return it (someone
     /// else refreshed); otherwise call `fetch` and store the result with generation + 1.
@@ -104,5 +85,25 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+/// The table as the platform layer's token cache: the statements above, adapted.
+impl TokenStore for Store {
+    fn refresh<'a>(
+        &'a self,
+        account: &'a str,
+        min_valid: chrono::Duration,
+        fetch: BoxFuture<'a, Fetched>,
+    ) -> BoxFuture<'a, anyhow::Result<Result<StoredToken, CallResult>>> {
+        Box::pin(async move { self.refresh_token(account, min_valid, || fetch).await })
+    }
+
+    fn invalidate<'a>(
+        &'a self,
+        account: &'a str,
+        generation: i64,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(self.invalidate_token(account, generation))
     }
 }

@@ -7,10 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::store::deliveries::OutcomeRow;
 use anyhow::Context;
 use serde_json::json;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 use crate::app::Worker;
 use crate::broker::{self, Publisher};
@@ -119,21 +118,13 @@ async fn publish_samples(publisher: &Publisher) -> anyhow::Result<Vec<String>> {
 }
 
 /// Wait (up to 30 s) until every job has an outcome; returns the rows found by then.
-async fn wait_for_outcomes(worker: &Worker, ids: &[String]) -> anyhow::Result<Vec<PgRow>> {
+async fn wait_for_outcomes(worker: &Worker, ids: &[String]) -> anyhow::Result<Vec<OutcomeRow>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
-        let rows = sqlx::query("SELECT job_id, account, status, attempts, coalesce(error, '') AS error FROM deliveries WHERE job_id = ANY($1) ORDER BY job_id")
-            .bind(ids)
-            .fetch_all(worker.store.pool())
-            .await?;
+        let rows = worker.store.outcome_rows(ids).await?;
         let done = rows
             .iter()
-            .filter(|r| {
-                !matches!(
-                    r.get::<String, _>("status").as_str(),
-                    "accepted" | "retrying"
-                )
-            })
+            .filter(|r| !matches!(r.status.as_str(), "accepted" | "retrying"))
             .count();
         if done == ids.len() || Instant::now() > deadline {
             break rows;
@@ -144,7 +135,7 @@ async fn wait_for_outcomes(worker: &Worker, ids: &[String]) -> anyhow::Result<Ve
 }
 
 /// The outcome of every job, one line each, in publish order.
-fn print_outcomes(ids: &[String], rows: &[PgRow]) {
+fn print_outcomes(ids: &[String], rows: &[OutcomeRow]) {
     println!();
     println!(
         "{:<22} {:<9} {:<16} {:<7} error",
@@ -156,13 +147,9 @@ fn print_outcomes(ids: &[String], rows: &[PgRow]) {
         .chain(["text (too long)"])
         .collect();
     for (i, id) in ids.iter().enumerate() {
-        let row = rows.iter().find(|r| r.get::<String, _>("job_id") == *id);
+        let row = rows.iter().find(|r| r.job_id == *id);
         let (account, status, error) = match row {
-            Some(r) => (
-                r.get::<String, _>("account"),
-                r.get::<String, _>("status"),
-                r.get::<String, _>("error"),
-            ),
+            Some(r) => (r.account.clone(), r.status.clone(), r.error.clone()),
             None => ("?".into(), "missing".into(), String::new()),
         };
         println!(
@@ -171,7 +158,7 @@ fn print_outcomes(ids: &[String], rows: &[PgRow]) {
             account,
             kinds.get(i).copied().unwrap_or(""),
             status,
-            broker::truncate(&error, 60)
+            crate::text::truncate(&error, 60)
         );
     }
 }

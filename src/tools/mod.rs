@@ -5,4 +5,3 @@ pub mod bench;
 pub mod demo;
 pub mod fixtures;
 pub mod simulate;
-

@@ -6,24 +6,10 @@ use serde_json::{Map, Value, json};
 use super::model::{Job, JobKind, Message};
 use crate::domain::account::AccountView;
 
-/// Characters XML 1.0 allows (`Char` production); Rust strings hold no surrogates.
-pub(super) fn xml_char_ok(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
-}
-
-/// `<name><![CDATA[value]]></name>`. A `]]>` inside the value is split across two CDATA
-/// sections (`]]]]><![CDATA[>`); characters XML cannot carry are dropped ([`super::parse`] already
-/// rejects them in the fields it validates; this guards hand-built jobs).
-pub(super) fn push_cdata_element(out: &mut String, name: &str, value: &str) {
-    out.push('<');
-    out.push_str(name);
-    out.push_str("><![CDATA[");
-    let clean: String = value.chars().filter(|&c| xml_char_ok(c)).collect();
-    out.push_str(&clean.replace("]]>", "]]]]><![CDATA[>"));
-    out.push_str("]]></");
-    out.push_str(name);
-    out.push('>');
-}
+// The one XML writer of the tree; `]]>` inside a value is split across two CDATA sections and
+// characters XML cannot carry are dropped ([`super::parse`] already rejects them in the fields
+// it validates; this guards hand-built jobs).
+pub(super) use crate::xml::{char_ok as xml_char_ok, push_cdata_element};
 
 /// The sendmsg `msg` string of one chatbot message: a text is the string itself; a rich message
 /// is the JSON string `{"<type>": payload}`; a multimsg is `{"multimsg": [...]}` whose items are

@@ -217,9 +217,7 @@ fn spawn_broadcast_refresher(
         let mut tick = tokio::time::interval(BROADCAST_REFRESH);
         loop {
             tokio::select! { _ = tick.tick() => {}, _ = shutdown.cancelled() => break }
-            if let Err(e) =
-                crate::engine::broadcast::refresh(&ctx.store, &ctx.account.name).await
-            {
+            if let Err(e) = crate::engine::broadcast::refresh(&ctx.store, &ctx.account.name).await {
                 tracing::debug!(account = %ctx.account.name, error = %format!("{e:#}"), "broadcast progress not refreshed");
             }
         }
@@ -347,8 +345,7 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
 /// timestamp (seconds; set by `wxdispatch send`, `dlq replay` and broadcasts through
 /// `Publisher::publish_job`).
 fn published_at_ms(props: &BasicProperties) -> Option<i64> {
-    if let Some(ms) =
-        broker::header_str(props, broker::H_PUBLISHED_MS).and_then(|s| s.parse().ok())
+    if let Some(ms) = broker::header_str(props, broker::H_PUBLISHED_MS).and_then(|s| s.parse().ok())
     {
         return Some(ms);
     }

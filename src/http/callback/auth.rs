@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::broker;
 use crate::config::Channel;
 use crate::crypto::{CryptoError, MsgCrypt};
 use crate::http::state::AppState;
@@ -63,7 +62,7 @@ pub(super) fn refuse(route: &'static str, account: &str, r: Reject) -> Response 
     let status = r.status();
     warn!(
         route,
-        account = %broker::truncate(account, 64),
+        account = %crate::text::truncate(account, 64),
         status = status.as_u16(),
         reason = %r,
         "callback refused"

@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, info, warn};
 
-use crate::broker;
 use crate::http::callback::auth::{
     Reject, WECOM_ACK, WecomQuery, authenticate, body, query, refuse, required, unplus, wecom_crypt,
 };
@@ -101,7 +100,7 @@ fn handle_wecom_event(
         // make WeCom retry.
         warn!(
             account,
-            open_kfid = %broker::truncate(open_kfid, 64),
+            open_kfid = %crate::text::truncate(open_kfid, 64),
             "kf_msg_or_event for an open_kfid not listed in the account's open_kfids; ignored"
         );
     }

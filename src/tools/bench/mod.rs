@@ -40,4 +40,3 @@ mod tests;
 
 pub use options::{BenchChannel, BenchOptions, Figure};
 pub use run::run_bench;
-

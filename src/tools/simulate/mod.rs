@@ -86,4 +86,3 @@ pub use conversations::{
 pub use options::{DEFAULT_FAULT_TIMEOUT_MS, DEFAULT_TOKEN_TTL, Faults, SimOptions};
 pub use server::{DEFAULT_LISTEN, SHUTDOWN_GRACE, SimHandle, router, serve, start};
 pub use state::{SimState, SimStats, UNKNOWN_ACCOUNT};
-

@@ -1,10 +1,6 @@
 //! The flat XML the platforms exchange: `<xml><name>value</name>…</xml>`, values as text or
-//! CDATA. Parsed with quick-xml; anything else (nested elements, another root, bad entities,
-//! trailing content) is an error, never a panic.
-
-use quick_xml::Reader;
-use quick_xml::escape::resolve_predefined_entity;
-use quick_xml::events::Event;
+//! CDATA, read and written by [`crate::xml`]; anything else (nested elements, another root, bad
+//! entities, trailing content) is an error, never a panic.
 
 /// The root element's children, in document order (a repeated name keeps its first value).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -28,103 +24,15 @@ impl Fields {
     }
 }
 
-/// Parse `<xml>…</xml>` (the root must be named `xml`).
-// One pass over quick-xml's events with its limits checked inline; split, the states of the
-// pass would have to travel between the parts.
+/// Parse `<xml>…</xml>` (the root must be named `xml`), with the project's one XML reader
+/// ([`crate::xml::parse_flat`]).
 pub(crate) fn parse(text: &str) -> Result<Fields, String> {
-    let mut r = Reader::from_str(text);
-    let mut fields = Fields::default();
-    // 0: before the root, 1: inside the root, 2: inside a field, 3: after the root.
-    let mut depth = 0u8;
-    let mut name = String::new();
-    let mut value = String::new();
-    loop {
-        let ev = r.read_event().map_err(|e| format!("malformed XML: {e}"))?;
-        match ev {
-            Event::Start(s) => {
-                let n = std::str::from_utf8(s.name().as_ref())
-                    .map_err(|_| "element name is not UTF-8".to_owned())?
-                    .to_owned();
-                match depth {
-                    0 if n == "xml" => depth = 1,
-                    0 => return Err(format!("root element is <{n}>, expected <xml>")),
-                    1 => {
-                        name = n;
-                        value.clear();
-                        depth = 2;
-                    }
-                    2 => return Err(format!("nested element <{n}> inside <{name}>")),
-                    _ => return Err("content after </xml>".into()),
-                }
-            }
-            Event::Empty(s) => {
-                let n = String::from_utf8_lossy(s.name().as_ref()).into_owned();
-                match depth {
-                    1 => {
-                        if fields.get(&n).is_none() {
-                            fields.0.push((n, String::new()));
-                        }
-                    }
-                    0 if n == "xml" => depth = 3,
-                    _ => return Err(format!("unexpected element <{n}/>")),
-                }
-            }
-            Event::End(_) => match depth {
-                2 => {
-                    if fields.get(&name).is_none() {
-                        fields
-                            .0
-                            .push((std::mem::take(&mut name), std::mem::take(&mut value)));
-                    }
-                    depth = 1;
-                }
-                1 => depth = 3,
-                _ => return Err("unbalanced end tag".into()),
-            },
-            Event::Text(t) => {
-                let s = t.decode().map_err(|e| format!("bad text: {e}"))?;
-                if depth == 2 {
-                    value.push_str(&s);
-                } else if !s.trim().is_empty() {
-                    return Err("text outside a field".into());
-                }
-            }
-            Event::CData(c) => {
-                if depth != 2 {
-                    return Err("CDATA outside a field".into());
-                }
-                value.push_str(&c.decode().map_err(|e| format!("bad CDATA: {e}"))?);
-            }
-            Event::GeneralRef(g) => {
-                if depth != 2 {
-                    return Err("entity outside a field".into());
-                }
-                if let Some(ch) = g
-                    .resolve_char_ref()
-                    .map_err(|e| format!("bad character reference: {e}"))?
-                {
-                    value.push(ch);
-                } else {
-                    let n = g.decode().map_err(|e| format!("bad entity: {e}"))?;
-                    let resolved = resolve_predefined_entity(&n)
-                        .ok_or_else(|| format!("unknown entity &{n};"))?;
-                    value.push_str(resolved);
-                }
-            }
-            Event::Decl(_) | Event::Comment(_) | Event::PI(_) => {}
-            Event::DocType(_) => return Err("DOCTYPE is not allowed".into()),
-            Event::Eof => break,
-        }
-    }
-    if depth != 3 {
-        return Err("document does not contain a complete <xml> element".into());
-    }
-    Ok(fields)
+    crate::xml::parse_flat(text).map(Fields)
 }
 
 /// `<![CDATA[s]]>`, splitting any `]]>` inside `s` so the section stays well-formed.
 pub(crate) fn cdata(s: &str) -> String {
-    format!("<![CDATA[{}]]>", s.replace("]]>", "]]]]><![CDATA[>"))
+    crate::xml::cdata(s)
 }
 
 #[cfg(test)]

@@ -1,0 +1,75 @@
+//! The chatbot send path (WeChat Dialogue Open Platform): WXBizMsgCrypt-encrypted XML in
+//! `{"encrypt": …}`, POSTed to `openapi/<api>/<TOKEN>`.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::crypto::MsgCrypt;
+use crate::domain::job::{self, Job, JobKind};
+use crate::policy::CallResult;
+
+use super::client::Platform;
+use super::http::{call, json_of, post_json};
+
+impl Platform {
+    pub(super) async fn chatbot(&self, job: &Job) -> CallResult {
+        let Some(crypt) = &self.crypt else {
+            return CallResult::Errcode {
+                code: 1013,
+                msg: "no encoding_aes_key configured".into(),
+            };
+        };
+        let appid = self.account.appid.as_deref().unwrap_or("");
+        let (path, xml) = match &job.kind {
+            JobKind::Transfer(tr) => (
+                "kefustate/change",
+                job::chatbot_kefustate_change_xml(
+                    appid,
+                    &job.to,
+                    tr.kefustate.as_deref().unwrap_or("off"),
+                ),
+            ),
+            _ => ("sendmsg", job::chatbot_sendmsg_xml(job, &self.account)),
+        };
+        let (res, _) = self.chatbot_call(crypt, path, &xml).await;
+        res
+    }
+
+    async fn chatbot_call(&self, crypt: &MsgCrypt, path: &str, xml: &str) -> (CallResult, Bytes) {
+        let token = self.account.token.expose();
+        let url = match self.url(path, token, |base| {
+            reqwest::Url::parse(&format!("{base}/openapi/{path}/{token}"))
+        }) {
+            Ok(u) => u,
+            Err(res) => return (res, Bytes::new()),
+        };
+        // `{"encrypt": "<base64>"}`: the base64 alphabet needs no JSON escaping.
+        let encrypted = crypt.encrypt(xml.as_bytes());
+        let mut body = Vec::with_capacity(encrypted.len() + 16);
+        body.extend_from_slice(b"{\"encrypt\":\"");
+        body.extend_from_slice(encrypted.as_bytes());
+        body.extend_from_slice(b"\"}");
+        call(post_json(&self.http, url, body.into())).await
+    }
+
+    /// Chatbot `kefustate/get`: is a human serving this user?
+    pub async fn chatbot_human_serving(&self, openid: &str) -> Result<bool, CallResult> {
+        let Some(crypt) = &self.crypt else {
+            return Ok(false);
+        };
+        let appid = self.account.appid.as_deref().unwrap_or("");
+        let (res, v) = self
+            .chatbot_call(
+                crypt,
+                "kefustate/get",
+                &job::chatbot_kefustate_get_xml(appid, openid),
+            )
+            .await;
+        match res {
+            CallResult::Ok { .. } => {
+                Ok(json_of(&v).get("kefustate").and_then(Value::as_str) == Some("on"))
+            }
+            other => Err(other),
+        }
+    }
+}
