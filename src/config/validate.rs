@@ -12,6 +12,8 @@ use crate::domain::channel::Channel;
 
 impl Config {
     /// Check every invariant the rest of the program relies on; the error names the key.
+    // One check per key in the order of the settings file: a list, not logic; split, the rules
+    // of one file would be scattered over several functions.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !self.broker.url.starts_with("amqp://") && !self.broker.url.starts_with("amqps://") {
             bail!("broker.url: must start with amqp:// or amqps://");

@@ -535,15 +535,13 @@ pub struct OutcomeRow {
     pub error: String,
 }
 
-impl super::Store {
-    /// The outcomes of these jobs, by job id.
-    pub async fn outcome_rows(&self, ids: &[String]) -> anyhow::Result<Vec<OutcomeRow>> {
-        Ok(sqlx::query_as::<_, OutcomeRow>(
-            "SELECT job_id, account, status, attempts, coalesce(error, '') AS error \
+/// The outcomes of these jobs, by job id.
+pub(super) async fn outcome_rows(pool: &PgPool, ids: &[String]) -> anyhow::Result<Vec<OutcomeRow>> {
+    Ok(sqlx::query_as::<_, OutcomeRow>(
+        "SELECT job_id, account, status, attempts, coalesce(error, '') AS error \
              FROM deliveries WHERE job_id = ANY($1) ORDER BY job_id",
-        )
-        .bind(ids)
-        .fetch_all(self.pool())
-        .await?)
-    }
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
 }

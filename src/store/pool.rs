@@ -363,6 +363,14 @@ impl Store {
         deliveries::delivery(&self.pool, job_id).await
     }
 
+    /// The outcomes of these jobs, by job id (what the demo prints).
+    pub async fn outcome_rows(
+        &self,
+        ids: &[String],
+    ) -> anyhow::Result<Vec<deliveries::OutcomeRow>> {
+        deliveries::outcome_rows(&self.pool, ids).await
+    }
+
     /// A job's history, oldest first.
     pub async fn delivery_events(&self, job_id: &str) -> anyhow::Result<Vec<DeliveryEvent>> {
         deliveries::delivery_events(&self.pool, job_id).await

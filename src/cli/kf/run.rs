@@ -477,56 +477,15 @@ fn print_json(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
     writeln!(out, "{v}")
 }
 
-/// Terminal columns of `s`: East Asian wide characters (CJK, Hangul, full-width forms — kf
-/// account names and nicknames are often Chinese) take two.
-fn display_width(s: &str) -> usize {
-    s.chars()
-        .map(|c| match u32::from(c) {
-            0x1100..=0x115F
-            | 0x2E80..=0xA4CF
-            | 0xAC00..=0xD7A3
-            | 0xF900..=0xFAFF
-            | 0xFE30..=0xFE4F
-            | 0xFF00..=0xFF60
-            | 0xFFE0..=0xFFE6
-            | 0x1F300..=0x1F64F
-            | 0x20000..=0x3FFFD => 2,
-            _ => 1,
-        })
-        .sum()
-}
-
-/// Columns padded to their widest cell (in terminal columns).
+/// The CLI's one table printer ([`crate::cli::table`]: columns padded to their widest cell in
+/// terminal columns, East Asian wide characters — kf names and nicknames are often Chinese —
+/// counting two).
 fn write_table(out: &mut impl Write, head: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = head.iter().map(|h| display_width(h)).collect();
+    let mut t = crate::cli::table::Table::new(head.iter().copied());
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(display_width(c));
-            }
-        }
+        t.row(r.iter().map(String::as_str));
     }
-    let line = |cells: Vec<&str>| {
-        let n = cells.len();
-        cells
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i + 1 == n {
-                    c.to_owned()
-                } else {
-                    let pad = widths[i].saturating_sub(display_width(c));
-                    format!("{c}{}", " ".repeat(pad))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    writeln!(out, "{}", line(head.to_vec()))?;
-    for r in rows {
-        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
+    t.write_to(out)
 }
 
 /// The failed call's error as JSON (`{api, errcode?, errmsg}`), for `--json`.

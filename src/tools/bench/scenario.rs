@@ -208,7 +208,9 @@ impl Scenario {
         let ch = self.conn.create_channel().await?;
         let q = ch
             .queue_declare(
-                crate::broker::lane_queue(&self.account.name).as_str().into(),
+                crate::broker::lane_queue(&self.account.name)
+                    .as_str()
+                    .into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -239,7 +241,9 @@ impl Scenario {
             .await?;
         let mut consumer = ch
             .basic_consume(
-                crate::broker::lane_queue(&self.account.name).as_str().into(),
+                crate::broker::lane_queue(&self.account.name)
+                    .as_str()
+                    .into(),
                 "wxdispatch-bench-ceiling".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -275,7 +279,9 @@ impl Scenario {
         let purge = self.conn.create_channel().await?;
         let purged = purge
             .queue_purge(
-                crate::broker::lane_queue(&self.account.name).as_str().into(),
+                crate::broker::lane_queue(&self.account.name)
+                    .as_str()
+                    .into(),
                 QueuePurgeOptions::default(),
             )
             .await?;
