@@ -4,6 +4,7 @@
 use anyhow::Context;
 use serde_json::Value;
 
+use super::account_flag::ambiguous_is_usage;
 use crate::config::Config;
 use crate::ops::broadcast::{self, Draft, Progress, clean_recipients};
 use crate::store::Store;
@@ -41,6 +42,9 @@ pub enum BroadcastAction {
     /// Progress of a broadcast (from any machine with database access).
     Status {
         id: String,
+        /// The broadcast's account (needed when several accounts have this broadcast id).
+        #[arg(long)]
+        account: Option<String>,
         /// Follow it with a progress bar until it finishes.
         #[arg(long)]
         watch: bool,
@@ -48,40 +52,58 @@ pub enum BroadcastAction {
         json: bool,
     },
     /// Cancel a broadcast: recipients not yet sent end `cancelled`.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        /// The broadcast's account (needed when several accounts have this broadcast id).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 pub async fn run(cfg: Config, args: BroadcastArgs) -> anyhow::Result<()> {
     let pool = crate::store::connect_pool(&cfg).await?;
     crate::store::migrate(&pool).await?;
     let store = Store::with_pool(pool, 1);
-    if args.action.is_some()
-        && (args.account.is_some() || args.to_file.is_some() || args.message.is_some())
-    {
-        anyhow::bail!("`broadcast status|cancel <id>` takes no --account/--to-file/--message");
+    if args.action.is_some() && (args.to_file.is_some() || args.message.is_some()) {
+        anyhow::bail!("`broadcast status|cancel <id>` takes no --to-file/--message");
     }
-    match args.action {
+    // `broadcast --account A status <id>` works like `broadcast status <id> --account A`.
+    let parent_account = args.account.clone();
+    let res = match args.action {
         Some(BroadcastAction::Status {
-            id, watch: true, ..
-        }) => watch(&store, &id).await,
-        Some(BroadcastAction::Status { id, json, .. }) => {
-            let p = broadcast::progress(&store, &id)
-                .await?
-                .with_context(|| format!("no broadcast with id '{id}'"))?;
-            if json {
-                println!("{}", serde_json::to_string(&p)?);
-            } else {
-                print_progress(&p);
-            }
-            Ok(())
-        }
-        Some(BroadcastAction::Cancel { id }) => {
-            let n = broadcast::cancel(&store, &id).await?;
-            println!("broadcast {id} cancelled: {n} pending recipient(s) will not be sent");
-            Ok(())
+            id,
+            account,
+            watch: true,
+            ..
+        }) => watch(&store, &id, account.or(parent_account).as_deref()).await,
+        Some(BroadcastAction::Status {
+            id, account, json, ..
+        }) => status(&store, &id, account.or(parent_account).as_deref(), json).await,
+        Some(BroadcastAction::Cancel { id, account }) => {
+            broadcast::cancel(&store, &id, account.or(parent_account).as_deref())
+                .await
+                .map(|n| {
+                    println!("broadcast {id} cancelled: {n} pending recipient(s) will not be sent");
+                })
         }
         None => publish(cfg, &store, args).await,
+    };
+    res.map_err(ambiguous_is_usage)
+}
+
+async fn status(store: &Store, id: &str, account: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let p = broadcast::progress(store, id, account)
+        .await?
+        .with_context(|| match account {
+            Some(a) => format!("no broadcast with id '{id}' on account '{a}'"),
+            None => format!("no broadcast with id '{id}'"),
+        })?;
+    if json {
+        println!("{}", serde_json::to_string(&p)?);
+    } else {
+        print_progress(&p);
     }
+    Ok(())
 }
 
 async fn publish(cfg: Config, store: &Store, a: BroadcastArgs) -> anyhow::Result<()> {
@@ -137,7 +159,7 @@ async fn publish(cfg: Config, store: &Store, a: BroadcastArgs) -> anyhow::Result
     if a.no_wait {
         return Ok(());
     }
-    watch(store, &prepared.id).await
+    watch(store, &prepared.id, Some(&account)).await
 }
 
 fn print_progress(p: &Progress) {
@@ -161,9 +183,9 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500
 /// How long to wait for a worker to pick a published broadcast up before giving up.
 const FANOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A progress bar (sent/failed/rate/ETA) until the broadcast finishes; plain lines when stderr
-/// is not a terminal.
-pub async fn watch(store: &Store, id: &str) -> anyhow::Result<()> {
+/// A progress bar (sent/failed/rate/ETA) until the broadcast (of `account`, or of the one
+/// account that has the id) finishes; plain lines when stderr is not a terminal.
+pub async fn watch(store: &Store, id: &str, account: Option<&str>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let tty = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(0);
@@ -181,7 +203,7 @@ pub async fn watch(store: &Store, id: &str) -> anyhow::Result<()> {
     let mut last_line = std::time::Instant::now() - std::time::Duration::from_secs(10);
     let mut waited_for_fanout = std::time::Duration::ZERO;
     loop {
-        let p = match broadcast::progress(store, id).await? {
+        let p = match broadcast::progress(store, id, account).await? {
             Some(p) => p,
             None if waited_for_fanout < FANOUT_WAIT => {
                 // The worker has not picked the broadcast up yet.

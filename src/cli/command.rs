@@ -32,7 +32,12 @@ pub enum Command {
     /// Publish one job (from flags or a JSON file) with publisher confirms; prints the job id.
     Send(super::send::SendArgs),
     /// Show a delivery and its history.
-    Status { job_id: String },
+    Status {
+        job_id: String,
+        /// The account of the job (needed when several accounts have this job id).
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Publish a broadcast (recipients from a file) and show its progress; or
     /// `broadcast status <id>` / `broadcast cancel <id>`.
     Broadcast(super::broadcast::BroadcastArgs),
@@ -87,7 +92,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Send(args) => super::send::run(load(&cli.config)?, args).await,
-        Command::Status { job_id } => super::status::run(load(&cli.config)?, &job_id).await,
+        Command::Status { job_id, account } => {
+            super::status::run(load(&cli.config)?, &job_id, account.as_deref()).await
+        }
         Command::Broadcast(args) => super::broadcast::run(load(&cli.config)?, args).await,
         Command::Simulate(args) => super::simulate::run(&load(&cli.config)?, args).await,
         Command::Demo(args) => super::demo::run(cli.config.as_deref(), args).await,

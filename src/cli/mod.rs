@@ -2,6 +2,7 @@
 //! command exits 0 on success and otherwise prints one clear line on stderr and exits non-zero
 //! (1 runtime failure, 2 usage or configuration; [`exit`] decides which).
 
+pub mod account_flag;
 pub mod bench;
 pub mod broadcast;
 pub mod check_config;

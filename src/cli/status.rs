@@ -4,17 +4,25 @@ use std::io::Write;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::account_flag::ambiguous_is_usage;
 use crate::config::Config;
 use crate::domain::allowance::WECOM_WINDOW_QUOTA;
 use crate::domain::service_state::ServiceState;
 use crate::ops::status::{self, ConversationReport, Report};
 use crate::store::{self, Store};
 
-pub async fn run(cfg: Config, job_id: &str) -> anyhow::Result<()> {
+/// `account`: `--account`, required when several accounts have the job id.
+pub async fn run(cfg: Config, job_id: &str, account: Option<&str>) -> anyhow::Result<()> {
     let pool = store::connect_pool(&cfg).await?;
     let st = Store::with_pool(pool, 1);
-    let Some(report) = status::report(&st, job_id).await? else {
-        anyhow::bail!("no delivery with job id '{job_id}'");
+    let found = status::report(&st, job_id, account)
+        .await
+        .map_err(ambiguous_is_usage)?;
+    let Some(report) = found else {
+        match account {
+            Some(a) => anyhow::bail!("no delivery with job id '{job_id}' on account '{a}'"),
+            None => anyhow::bail!("no delivery with job id '{job_id}'"),
+        }
     };
     let mut out = std::io::stdout().lock();
     print(&mut out, job_id, &report, Utc::now())?;

@@ -144,14 +144,16 @@ pub async fn fan_out(
             c?;
         }
     }
-    store.mark_broadcast_running(&job.job_id).await?;
+    store
+        .mark_broadcast_running(&account.name, &job.job_id)
+        .await?;
     tracing::info!(account = %account.name, broadcast = %job.job_id, recipients = recipients.len(), skipped = skipped.total(), "broadcast fanned out");
     Ok(recipients.len())
 }
 
-/// Count a broadcast's deliveries now (what `broadcast status` shows).
-pub async fn progress(pool: &PgPool, id: &str) -> anyhow::Result<Option<Progress>> {
-    crate::store::broadcasts::progress(pool, id).await
+/// Count the deliveries of `account`'s broadcast `id` now (what `broadcast status` shows).
+pub async fn progress(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<Option<Progress>> {
+    crate::store::broadcasts::progress(pool, account, id).await
 }
 
 /// Write the current counts into `broadcasts` for the account's unfinished broadcasts (the
@@ -164,7 +166,8 @@ pub async fn refresh(store: &Store, account: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancel a broadcast: recipients not yet sent end `cancelled`. Returns how many.
-pub async fn cancel(pool: &PgPool, id: &str) -> anyhow::Result<u64> {
-    crate::store::broadcasts::cancel(pool, id).await
+/// Cancel `account`'s broadcast `id`: recipients not yet sent end `cancelled`. Returns how
+/// many.
+pub async fn cancel(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<u64> {
+    crate::store::broadcasts::cancel(pool, account, id).await
 }

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::account_id;
 use crate::broker::{self, Publisher};
 use crate::config::{AccountConfig, Config};
 use crate::domain::job;
@@ -66,12 +67,39 @@ pub async fn publish(cfg: &Config, p: &Prepared, account: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Progress of a broadcast (`None`: no worker has picked it up yet, or no such id).
-pub async fn progress(store: &Store, id: &str) -> anyhow::Result<Option<Progress>> {
-    store.broadcast_progress(id).await
+/// The account of broadcast `id`: `account` when given, else the one account that has the id
+/// (`None`: none has it, or not yet; [`account_id::AmbiguousId`] when several do).
+async fn account_of(
+    store: &Store,
+    id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let found = store.broadcast_accounts(id, account).await?;
+    Ok(account_id::only("broadcast id", id, found, String::as_str)?)
 }
 
-/// Cancel a broadcast: recipients not yet sent end `cancelled`. Returns how many.
-pub async fn cancel(store: &Store, id: &str) -> anyhow::Result<u64> {
-    store.cancel_broadcast(id).await
+/// Progress of broadcast `id` of `account`, or of the one account that has it when `account`
+/// is `None` (`None`: no worker has picked it up yet, or no such id; [`account_id::AmbiguousId`] when
+/// several accounts have it and no account was given).
+pub async fn progress(
+    store: &Store,
+    id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Option<Progress>> {
+    match account_of(store, id, account).await? {
+        Some(a) => store.broadcast_progress(&a, id).await,
+        None => Ok(None),
+    }
+}
+
+/// Cancel broadcast `id` (of `account`, or of the one account that has it): recipients not
+/// yet sent end `cancelled`. Returns how many.
+pub async fn cancel(store: &Store, id: &str, account: Option<&str>) -> anyhow::Result<u64> {
+    let Some(a) = account_of(store, id, account).await? else {
+        match account {
+            Some(a) => anyhow::bail!("no broadcast with id '{id}' on account '{a}'"),
+            None => anyhow::bail!("no broadcast with id '{id}'"),
+        }
+    };
+    store.cancel_broadcast(&a, id).await
 }

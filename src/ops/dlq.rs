@@ -56,7 +56,8 @@ pub enum Skip {
     AlreadySent,
     /// The delivery has another final status (e.g. `cancelled`, `expired`).
     Final(String),
-    /// Another dead letter of the same job id is replayed in this run (the newest one).
+    /// Another dead letter of the same job (account and job id) is replayed in this run (the
+    /// newest one).
     DuplicateJobId,
     /// Replayed meanwhile, or deleted.
     Gone,
@@ -199,25 +200,28 @@ pub async fn plan_replay(
     limit: Option<i64>,
 ) -> anyhow::Result<ReplayPlan> {
     let rows = dead_letters::unreplayed(db, filter, limit).await?;
-    let ids: Vec<&str> = rows.iter().filter_map(|r| r.job_id.as_deref()).collect();
-    let statuses = dead_letters::delivery_statuses(db, &ids).await?;
+    let jobs: Vec<(&str, &str)> = rows
+        .iter()
+        .filter_map(|r| Some((r.account.as_str(), r.job_id.as_deref()?)))
+        .collect();
+    let statuses = dead_letters::delivery_statuses(db, &jobs).await?;
     Ok(decide(rows, &statuses, |account| {
         cfg.account(account).is_some()
     }))
 }
 
-/// The plan from the dead letters (oldest first), their deliveries' statuses and which
-/// accounts are configured.
+/// The plan from the dead letters (oldest first), their deliveries' statuses by (account,
+/// job id) and which accounts are configured.
 fn decide(
     rows: Vec<DeadLetterRow>,
-    statuses: &HashMap<String, String>,
+    statuses: &HashMap<(String, String), String>,
     configured: impl Fn(&str) -> bool,
 ) -> ReplayPlan {
-    // Of several dead letters of one job, the newest is replayed.
-    let mut newest: HashMap<&str, i64> = HashMap::new();
+    // Of several dead letters of one job (account and job id), the newest is replayed.
+    let mut newest: HashMap<(&str, &str), i64> = HashMap::new();
     for r in &rows {
         if let Some(j) = r.job_id.as_deref() {
-            newest.insert(j, r.id);
+            newest.insert((r.account.as_str(), j), r.id);
         }
     }
     let mut plan = ReplayPlan::default();
@@ -227,8 +231,12 @@ fn decide(
             Some(_) if !configured(&r.account) => {
                 Some(Skip::AccountNotConfigured(r.account.clone()))
             }
-            Some(j) if newest.get(j) != Some(&r.id) => Some(Skip::DuplicateJobId),
-            Some(j) => statuses.get(j).and_then(|s| skip_for_status(s)),
+            Some(j) if newest.get(&(r.account.as_str(), j)) != Some(&r.id) => {
+                Some(Skip::DuplicateJobId)
+            }
+            Some(j) => statuses
+                .get(&(r.account.clone(), j.to_owned()))
+                .and_then(|s| skip_for_status(s)),
         };
         match skip {
             Some(why) => plan.skipped.push(Skipped {
@@ -368,19 +376,20 @@ async fn replay_one(
         return Ok(Some(Skip::NoJobId));
     };
     let ctx = || format!("replaying dead letter {} (job {job_id})", dl.id);
-    let (body, before) = match dead_letters::reset_for_replay(db, dl.id, job_id, skip_for_status)
-        .await
-        .with_context(ctx)?
-    {
-        Reset::Gone => return Ok(Some(Skip::Gone)),
-        Reset::Skip(why) => return Ok(Some(why)),
-        Reset::Ready { body, before } => (body, before),
-    };
+    let (body, before) =
+        match dead_letters::reset_for_replay(db, dl.id, &dl.account, job_id, skip_for_status)
+            .await
+            .with_context(ctx)?
+        {
+            Reset::Gone => return Ok(Some(Skip::Gone)),
+            Reset::Skip(why) => return Ok(Some(why)),
+            Reset::Ready { body, before } => (body, before),
+        };
     if let Err(e) = publisher.publish_job(&dl.account, job_id, &body).await {
         // If the message reached the broker after all, the worker finds `dead` and sends
         // nothing; the dead letter stays unreplayed for the next attempt.
         if let Some(b) = before
-            && let Err(back) = dead_letters::put_back(db, job_id, dl.id, b).await
+            && let Err(back) = dead_letters::put_back(db, &dl.account, job_id, dl.id, b).await
         {
             tracing::warn!(job.id = job_id, error = %back, "could not put the delivery back to dead after a failed replay; it stays 'retrying' until replayed again");
         }
@@ -444,8 +453,8 @@ mod tests {
             dl(6, Some("d"), "kf"),
         ];
         let statuses = HashMap::from([
-            ("a".to_owned(), "dead".to_owned()),
-            ("c".to_owned(), "sent".to_owned()),
+            (("kf".to_owned(), "a".to_owned()), "dead".to_owned()),
+            (("kf".to_owned(), "c".to_owned()), "sent".to_owned()),
         ]);
         let plan = decide(rows, &statuses, |a| a == "kf");
         let replay: Vec<i64> = plan.replay.iter().map(|r| r.id).collect();
@@ -464,6 +473,24 @@ mod tests {
                 (5, Skip::AlreadySent),
             ]
         );
+    }
+
+    #[test]
+    fn the_same_job_id_on_two_accounts_is_two_jobs() {
+        let rows = vec![dl(1, Some("a"), "kf"), dl(2, Some("a"), "bot")];
+        let statuses = HashMap::from([
+            (("kf".to_owned(), "a".to_owned()), "sent".to_owned()),
+            (("bot".to_owned(), "a".to_owned()), "dead".to_owned()),
+        ]);
+        let plan = decide(rows, &statuses, |_| true);
+        let replay: Vec<i64> = plan.replay.iter().map(|r| r.id).collect();
+        assert_eq!(replay, vec![2], "bot's job is dead: replayed");
+        let skipped: Vec<(i64, Skip)> = plan
+            .skipped
+            .iter()
+            .map(|s| (s.dead_letter.id, s.why.clone()))
+            .collect();
+        assert_eq!(skipped, vec![(1, Skip::AlreadySent)], "kf's job was sent");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`stats`](mod@stats), broadcasts in [`broadcast`](mod@broadcast), a job's record in
 //! [`status`](mod@status).
 
+pub mod account_id;
 pub mod broadcast;
 pub mod dlq;
 pub mod stats;

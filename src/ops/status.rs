@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::account_id;
 use crate::domain::allowance::WECOM_WINDOW;
 use crate::store::Store;
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
@@ -27,9 +28,16 @@ pub struct ConversationReport {
     pub facts: Option<Conversation>,
 }
 
-/// The report of `job_id`, or `None` when there is no delivery with that id.
-pub async fn report(store: &Store, job_id: &str) -> anyhow::Result<Option<Report>> {
-    let Some(delivery) = store.delivery(job_id).await? else {
+/// The report of `job_id` on `account`, or on the one account that has it when `account` is
+/// `None`; `None` when there is no such delivery. An id that several accounts have, asked
+/// without an account, is an [`account_id::AmbiguousId`] error.
+pub async fn report(
+    store: &Store,
+    job_id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Option<Report>> {
+    let found = store.deliveries(job_id, account).await?;
+    let Some(delivery) = account_id::only("job id", job_id, found, |d| &d.account)? else {
         return Ok(None);
     };
     // The conversation's WeCom allowance (kept by the sync loop and the lanes).
@@ -43,7 +51,7 @@ pub async fn report(store: &Store, job_id: &str) -> anyhow::Result<Option<Report
         }),
         None => None,
     };
-    let events = store.delivery_events(job_id).await?;
+    let events = store.delivery_events(&delivery.account, job_id).await?;
     let history = history(events, delivery.sent_at);
     Ok(Some(Report {
         delivery,

@@ -69,7 +69,7 @@ impl Store {
         sqlx::query_scalar(
             "INSERT INTO broadcasts (id, account, message, total, skipped, pending)
              VALUES ($1, $2, $3, $4, $5, $4)
-             ON CONFLICT (id) DO UPDATE SET updated_at = now()
+             ON CONFLICT (account, id) DO UPDATE SET updated_at = now()
              RETURNING status",
         )
         .bind(b.id)
@@ -88,10 +88,10 @@ impl Store {
         sqlx::query(
             "INSERT INTO deliveries (job_id, account, channel, kind, recipient, open_kfid, broadcast_id, status)
              SELECT j, $3, $4, 'send', r, $5, $6,
-                    CASE WHEN (SELECT status FROM broadcasts WHERE id = $6) = 'cancelled'
+                    CASE WHEN (SELECT status FROM broadcasts WHERE id = $6 AND account = $3) = 'cancelled'
                          THEN 'cancelled' ELSE 'accepted' END
              FROM UNNEST($1::text[], $2::text[]) AS t(j, r)
-             ON CONFLICT (job_id) DO NOTHING",
+             ON CONFLICT (account, job_id) DO NOTHING",
         )
         .bind(rows.job_ids)
         .bind(rows.recipients)
@@ -106,20 +106,34 @@ impl Store {
     }
 
     /// The fan-out is complete: `fanning_out` → `running`.
-    pub async fn mark_broadcast_running(&self, id: &str) -> anyhow::Result<()> {
+    pub async fn mark_broadcast_running(&self, account: &str, id: &str) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE broadcasts SET status = 'running', updated_at = now()
-             WHERE id = $1 AND status = 'fanning_out'",
+             WHERE id = $1 AND account = $2 AND status = 'fanning_out'",
         )
         .bind(id)
+        .bind(account)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
+    /// [`accounts`] that have a broadcast with this id.
+    pub async fn broadcast_accounts(
+        &self,
+        id: &str,
+        account: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        accounts(&self.pool, id, account).await
+    }
+
     /// [`progress`] of a broadcast.
-    pub async fn broadcast_progress(&self, id: &str) -> anyhow::Result<Option<Progress>> {
-        progress(&self.pool, id).await
+    pub async fn broadcast_progress(
+        &self,
+        account: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<Progress>> {
+        progress(&self.pool, account, id).await
     }
 
     /// [`refresh`] the account's unfinished broadcasts.
@@ -128,16 +142,35 @@ impl Store {
     }
 
     /// [`cancel`] a broadcast.
-    pub async fn cancel_broadcast(&self, id: &str) -> anyhow::Result<u64> {
-        cancel(&self.pool, id).await
+    pub async fn cancel_broadcast(&self, account: &str, id: &str) -> anyhow::Result<u64> {
+        cancel(&self.pool, account, id).await
     }
 }
 
-/// Count a broadcast's deliveries now (what `broadcast status` shows).
-pub async fn progress(pool: &PgPool, id: &str) -> anyhow::Result<Option<Progress>> {
+/// The accounts that have a broadcast with this id (a broadcast id is unique per account
+/// only): `account` alone if it has one, when given; sorted.
+pub async fn accounts(
+    pool: &PgPool,
+    id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT account FROM broadcasts WHERE id = $1 AND ($2::text IS NULL OR account = $2)
+         ORDER BY account",
+    )
+    .bind(id)
+    .bind(account)
+    .fetch_all(pool)
+    .await
+    .context("reading broadcasts")
+}
+
+/// Count the deliveries of `account`'s broadcast `id` now (what `broadcast status` shows).
+pub async fn progress(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<Option<Progress>> {
     let Some(b) =
-        sqlx::query("SELECT account, status, total, skipped FROM broadcasts WHERE id = $1")
+        sqlx::query("SELECT status, total, skipped FROM broadcasts WHERE id = $1 AND account = $2")
             .bind(id)
+            .bind(account)
             .fetch_optional(pool)
             .await?
     else {
@@ -145,16 +178,18 @@ pub async fn progress(pool: &PgPool, id: &str) -> anyhow::Result<Option<Progress
     };
     let mut p = Progress {
         id: id.to_owned(),
-        account: b.get("account"),
+        account: account.to_owned(),
         status: b.get("status"),
         total: i64::from(b.get::<i32, _>("total")),
         skipped: i64::from(b.get::<i32, _>("skipped")),
         ..Default::default()
     };
     let rows = sqlx::query(
-        "SELECT status, count(*) AS n FROM deliveries WHERE broadcast_id = $1 GROUP BY status",
+        "SELECT status, count(*) AS n FROM deliveries WHERE broadcast_id = $1 AND account = $2
+         GROUP BY status",
     )
     .bind(id)
+    .bind(account)
     .fetch_all(pool)
     .await?;
     let mut terminal = 0;
@@ -189,7 +224,7 @@ pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<i64> {
     .await?;
     let mut pending = 0i64;
     for id in ids {
-        let Some(p) = progress(pool, &id).await? else {
+        let Some(p) = progress(pool, account, &id).await? else {
             continue;
         };
         pending += p.pending;
@@ -198,7 +233,7 @@ pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<i64> {
                     cancelled = $7, pending = $8, updated_at = now(),
                     status = CASE WHEN status = 'running' AND $8 = 0 THEN 'done' ELSE status END,
                     finished_at = CASE WHEN $8 = 0 THEN now() END
-             WHERE id = $1",
+             WHERE id = $1 AND account = $9",
         )
         .bind(&id)
         .bind(p.sent as i32)
@@ -208,37 +243,44 @@ pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<i64> {
         .bind(p.expired as i32)
         .bind(p.cancelled as i32)
         .bind(p.pending as i32)
+        .bind(account)
         .execute(pool)
         .await?;
     }
     Ok(pending)
 }
 
-/// Cancel a broadcast: recipients not yet sent end `cancelled`. Returns how many.
-pub async fn cancel(pool: &PgPool, id: &str) -> anyhow::Result<u64> {
+/// Cancel `account`'s broadcast `id`: recipients not yet sent end `cancelled`. Returns how
+/// many.
+pub async fn cancel(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let found = sqlx::query(
-        "UPDATE broadcasts SET status = 'cancelled', updated_at = now() WHERE id = $1 AND status <> 'done'",
+        "UPDATE broadcasts SET status = 'cancelled', updated_at = now()
+         WHERE id = $1 AND account = $2 AND status <> 'done'",
     )
     .bind(id)
+    .bind(account)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if found == 0 {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM broadcasts WHERE id = $1)")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-        anyhow::ensure!(exists, "no broadcast with id '{id}'");
-        anyhow::bail!("broadcast '{id}' has already finished");
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM broadcasts WHERE id = $1 AND account = $2)",
+        )
+        .bind(id)
+        .bind(account)
+        .fetch_one(&mut *tx)
+        .await?;
+        anyhow::ensure!(exists, "no broadcast with id '{id}' on account '{account}'");
+        anyhow::bail!("broadcast '{id}' of account '{account}' has already finished");
     }
     // Jobs in flight at this moment may still be sent: their outcome overwrites `cancelled`.
     let n = sqlx::query(
         "UPDATE deliveries SET status = 'cancelled', error = 'broadcast cancelled', updated_at = now()
-         WHERE broadcast_id = $1 AND status IN ('accepted', 'retrying')",
+         WHERE broadcast_id = $1 AND account = $2 AND status IN ('accepted', 'retrying')",
     )
     .bind(id)
+    .bind(account)
     .execute(&mut *tx)
     .await?
     .rows_affected();

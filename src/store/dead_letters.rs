@@ -177,20 +177,31 @@ pub async fn reasons(db: &impl Db) -> anyhow::Result<Vec<String>> {
         .context(NOT_MIGRATED_HINT)
 }
 
-/// The `deliveries.status` of each of these job ids that has a row.
+/// The `deliveries.status` of each of these jobs, `(account, job id)`, that has a row.
 pub async fn delivery_statuses(
     db: &impl Db,
-    job_ids: &[&str],
-) -> anyhow::Result<HashMap<String, String>> {
-    sqlx::query("SELECT job_id, status FROM deliveries WHERE job_id = ANY($1)")
-        .bind(job_ids)
-        .fetch_all(db.pg())
-        .await
-        .context("reading the dead letters' deliveries")?
-        .iter()
-        .map(|r| Ok((r.try_get("job_id")?, r.try_get("status")?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .context("reading the dead letters' deliveries")
+    jobs: &[(&str, &str)],
+) -> anyhow::Result<HashMap<(String, String), String>> {
+    let (accounts, job_ids): (Vec<&str>, Vec<&str>) = jobs.iter().copied().unzip();
+    sqlx::query(
+        "SELECT d.account, d.job_id, d.status
+         FROM UNNEST($1::text[], $2::text[]) AS t(account, job_id)
+         JOIN deliveries d ON d.job_id = t.job_id AND d.account = t.account",
+    )
+    .bind(&accounts)
+    .bind(&job_ids)
+    .fetch_all(db.pg())
+    .await
+    .context("reading the dead letters' deliveries")?
+    .iter()
+    .map(|r| {
+        Ok((
+            (r.try_get("account")?, r.try_get("job_id")?),
+            r.try_get("status")?,
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()
+    .context("reading the dead letters' deliveries")
 }
 
 /// The replay lock, held on its own connection until [`ReplayLock::unlock`].
@@ -245,12 +256,14 @@ pub enum Reset<S> {
     },
 }
 
-/// Step 1 of a replay, in one transaction: lock the dead letter and its delivery row, ask
-/// `verdict` about the delivery's status (`Some` skips), and reset a `dead` row to `retrying`
-/// with a fresh retry budget, recorded in `delivery_events`.
+/// Step 1 of a replay, in one transaction: lock the dead letter and its delivery row (the
+/// dead letter's account and job id), ask `verdict` about the delivery's status (`Some`
+/// skips), and reset a `dead` row to `retrying` with a fresh retry budget, recorded in
+/// `delivery_events`.
 pub async fn reset_for_replay<S>(
     db: &impl Db,
     dead_letter: i64,
+    account: &str,
     job_id: &str,
     verdict: impl FnOnce(&str) -> Option<S>,
 ) -> anyhow::Result<Reset<S>> {
@@ -271,9 +284,10 @@ pub async fn reset_for_replay<S>(
     let body: Vec<u8> = row.try_get("body")?;
     let delivery = sqlx::query(
         "SELECT status, attempts, error, errcode, first_attempt_at FROM deliveries
-         WHERE job_id = $1 FOR UPDATE",
+         WHERE job_id = $1 AND account = $2 FOR UPDATE",
     )
     .bind(job_id)
+    .bind(account)
     .fetch_optional(&mut *tx)
     .await?;
     let mut before = None;
@@ -294,19 +308,21 @@ pub async fn reset_for_replay<S>(
             sqlx::query(
                 "UPDATE deliveries SET status = 'retrying', error = $2, errcode = NULL,
                         first_attempt_at = now(), updated_at = now()
-                 WHERE job_id = $1 AND status = 'dead'",
+                 WHERE job_id = $1 AND account = $3 AND status = 'dead'",
             )
             .bind(job_id)
             .bind(REPLAYED_ERROR)
+            .bind(account)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO delivery_events (job_id, status, attempts, error)
-                 VALUES ($1, 'retrying', $2, $3)",
+                "INSERT INTO delivery_events (job_id, account, status, attempts, error)
+                 VALUES ($1, $4, 'retrying', $2, $3)",
             )
             .bind(job_id)
             .bind(attempts)
             .bind(format!("replayed from dead letter {dead_letter}"))
+            .bind(account)
             .execute(&mut *tx)
             .await?;
         }
@@ -329,6 +345,7 @@ pub async fn mark_replayed(db: &impl Db, dead_letter: i64) -> anyhow::Result<()>
 /// recorded in `delivery_events`.
 pub async fn put_back(
     db: &impl Db,
+    account: &str,
     job_id: &str,
     dead_letter: i64,
     b: Before,
@@ -337,24 +354,27 @@ pub async fn put_back(
     let updated = sqlx::query(
         "UPDATE deliveries SET status = 'dead', error = $2, errcode = $3, first_attempt_at = $4,
                 updated_at = now()
-         WHERE job_id = $1 AND status = 'retrying' AND error = $5",
+         WHERE job_id = $1 AND account = $6 AND status = 'retrying' AND error = $5",
     )
     .bind(job_id)
     .bind(&b.error)
     .bind(b.errcode)
     .bind(b.first_attempt_at)
     .bind(REPLAYED_ERROR)
+    .bind(account)
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() > 0 {
         sqlx::query(
-            "INSERT INTO delivery_events (job_id, status, attempts, errcode, error)
-             SELECT job_id, 'dead', attempts, errcode, $2 FROM deliveries WHERE job_id = $1",
+            "INSERT INTO delivery_events (job_id, account, status, attempts, errcode, error)
+             SELECT job_id, account, 'dead', attempts, errcode, $2 FROM deliveries
+             WHERE job_id = $1 AND account = $3",
         )
         .bind(job_id)
         .bind(format!(
             "replay of dead letter {dead_letter} failed to publish"
         ))
+        .bind(account)
         .execute(&mut *tx)
         .await?;
     }

@@ -185,45 +185,58 @@ pub(super) async fn insert_dead_letter(pool: &PgPool, d: &DeadLetter) -> anyhow:
 
 // ---- what `wxdispatch status` reads ----
 
-/// The delivery row of a job.
-pub(super) async fn delivery(pool: &PgPool, job_id: &str) -> anyhow::Result<Option<Delivery>> {
-    let row = sqlx::query(
+/// The delivery rows of a job id: the one of `account`, or (`None`) those of every account
+/// that has the id, by account.
+pub(super) async fn deliveries(
+    pool: &PgPool,
+    job_id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Vec<Delivery>> {
+    let rows = sqlx::query(
         "SELECT job_id, account, channel, kind, recipient, open_kfid, status, attempts, errcode, error,
                 platform_msgid, broadcast_id, created_at, updated_at, sent_at
-         FROM deliveries WHERE job_id = $1",
+         FROM deliveries WHERE job_id = $1 AND ($2::text IS NULL OR account = $2)
+         ORDER BY account",
     )
     .bind(job_id)
-    .fetch_optional(pool)
+    .bind(account)
+    .fetch_all(pool)
     .await
     .context("reading the delivery")?;
-    Ok(row.map(|r| Delivery {
-        job_id: r.get("job_id"),
-        account: r.get("account"),
-        channel: r.get("channel"),
-        kind: r.get("kind"),
-        recipient: r.get("recipient"),
-        open_kfid: r.get("open_kfid"),
-        status: r.get("status"),
-        attempts: r.get("attempts"),
-        errcode: r.get("errcode"),
-        error: r.get("error"),
-        platform_msgid: r.get("platform_msgid"),
-        broadcast_id: r.get("broadcast_id"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-        sent_at: r.get("sent_at"),
-    }))
+    Ok(rows
+        .iter()
+        .map(|r| Delivery {
+            job_id: r.get("job_id"),
+            account: r.get("account"),
+            channel: r.get("channel"),
+            kind: r.get("kind"),
+            recipient: r.get("recipient"),
+            open_kfid: r.get("open_kfid"),
+            status: r.get("status"),
+            attempts: r.get("attempts"),
+            errcode: r.get("errcode"),
+            error: r.get("error"),
+            platform_msgid: r.get("platform_msgid"),
+            broadcast_id: r.get("broadcast_id"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+            sent_at: r.get("sent_at"),
+        })
+        .collect())
 }
 
 /// A job's history, oldest first.
 pub(super) async fn delivery_events(
     pool: &PgPool,
+    account: &str,
     job_id: &str,
 ) -> anyhow::Result<Vec<DeliveryEvent>> {
     let rows = sqlx::query(
-        "SELECT at, status, attempts, errcode, error FROM delivery_events WHERE job_id = $1 ORDER BY id",
+        "SELECT at, status, attempts, errcode, error FROM delivery_events
+         WHERE job_id = $1 AND account = $2 ORDER BY id",
     )
     .bind(job_id)
+    .bind(account)
     .fetch_all(pool)
     .await
     .context("reading the delivery's history")?;
@@ -271,11 +284,18 @@ pub(super) async fn claim_batch(
     pool: &PgPool,
     batch: &[DeliveryKey],
 ) -> anyhow::Result<Vec<(Claim, Option<ConvState>)>> {
-    // The same job id twice in one statement cannot be told apart: the later ones wait.
-    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    // The same job (account and job id) twice in one statement cannot be told apart: the
+    // later ones wait.
+    let mut seen = std::collections::HashMap::with_capacity(batch.len());
     let first: Vec<bool> = batch
         .iter()
-        .map(|k| seen.insert(k.job_id.clone()))
+        .enumerate()
+        .map(|(i, k)| {
+            *seen
+                .entry((k.account.as_str(), k.job_id.as_str()))
+                .or_insert(i)
+                == i
+        })
         .collect();
     let mut ids = Vec::with_capacity(batch.len());
     let mut accounts = Vec::with_capacity(batch.len());
@@ -297,7 +317,7 @@ pub(super) async fn claim_batch(
         bids.push(k.broadcast_id.as_deref());
     }
     // `ins` sees only what it inserted; the outer SELECT runs on the statement's snapshot and
-    // so sees only rows that existed before: together, every input id once.
+    // so sees only rows that existed before: together, every input job once.
     let rows = sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
@@ -307,20 +327,21 @@ pub(super) async fn claim_batch(
                                      status, attempts, first_attempt_at)
              SELECT job_id, account, channel, kind, recipient, open_kfid, broadcast_id, 'accepted', 0, now()
              FROM input
-             ON CONFLICT (job_id) DO NOTHING
-             RETURNING job_id
+             ON CONFLICT (account, job_id) DO NOTHING
+             RETURNING job_id, account
          )
          , res AS (
-             SELECT job_id, 'new' AS status, 0 AS attempts, NULL::timestamptz AS first_attempt_at FROM ins
+             SELECT job_id, account, 'new' AS status, 0 AS attempts, NULL::timestamptz AS first_attempt_at
+             FROM ins
              UNION ALL
-             SELECT d.job_id, d.status, d.attempts, d.first_attempt_at
-             FROM deliveries d JOIN input i ON i.job_id = d.job_id
+             SELECT d.job_id, d.account, d.status, d.attempts, d.first_attempt_at
+             FROM deliveries d JOIN input i ON i.job_id = d.job_id AND i.account = d.account
          )
-         SELECT r.job_id, r.status, r.attempts, r.first_attempt_at,
+         SELECT r.job_id, r.account, r.status, r.attempts, r.first_attempt_at,
                 c.account IS NOT NULL AS has_conv, c.last_customer_msg_at, c.sent_since_customer,
                 c.service_state, c.state_updated_at
          FROM res r
-         JOIN input i ON i.job_id = r.job_id
+         JOIN input i ON i.job_id = r.job_id AND i.account = r.account
          LEFT JOIN conversations c
              ON c.account = i.account AND c.open_kfid = i.open_kfid AND c.external_userid = i.recipient",
     )
@@ -334,9 +355,11 @@ pub(super) async fn claim_batch(
     .fetch_all(pool)
     .await
     .context("claiming deliveries")?;
-    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    // By position in `batch`.
+    let mut found = vec![None; batch.len()];
     for r in rows {
         let id: String = r.get("job_id");
+        let account: String = r.get("account");
         let status: String = r.get("status");
         let claim = if status == "new" {
             Claim::New
@@ -355,18 +378,15 @@ pub(super) async fn claim_batch(
             service_state: r.get("service_state"),
             state_updated_at: r.get("state_updated_at"),
         });
-        found.insert(id, (claim, conv));
+        if let Some(&i) = seen.get(&(account.as_str(), id.as_str())) {
+            found[i] = Some((claim, conv));
+        }
     }
-    Ok(batch
-        .iter()
-        .zip(first)
-        .map(|(k, f)| {
-            if !f {
-                return (Claim::Busy, None);
-            }
-            // Missing: a concurrent transaction inserted it after our snapshot; ask again.
-            found.get(&k.job_id).cloned().unwrap_or((Claim::Busy, None))
-        })
+    // A repeat in the batch, or missing (a concurrent transaction inserted it after our snapshot): ask
+    // again.
+    Ok(found
+        .into_iter()
+        .map(|c| c.unwrap_or((Claim::Busy, None)))
         .collect())
 }
 
@@ -410,9 +430,9 @@ pub(super) async fn state_batch(
 /// Record a batch of outcomes in one statement. Long for the same reason as [`claim_batch`]:
 /// twelve column arrays and the statement that takes them.
 pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<()>> {
-    // One row per job id per statement: the last outcome in the batch wins.
+    // One row per job (account and job id) per statement: the last outcome in the batch wins.
     let n = batch.len();
-    let keep = last_per_key(batch, |o| o.key.job_id.as_str());
+    let keep = last_per_key(batch, |o| (o.key.account.as_str(), o.key.job_id.as_str()));
     #[allow(clippy::type_complexity)]
     let mut cols: (
         Vec<&str>,
@@ -457,7 +477,7 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
                     status, attempts, errcode, error, platform_msgid,
                     CASE WHEN status = 'sent' THEN now() END
              FROM input
-             ON CONFLICT (job_id) DO UPDATE SET
+             ON CONFLICT (account, job_id) DO UPDATE SET
                  status = excluded.status,
                  attempts = GREATEST(d.attempts, excluded.attempts),
                  errcode = excluded.errcode,
@@ -466,12 +486,12 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
                  sent_at = COALESCE(excluded.sent_at, d.sent_at),
                  updated_at = now()
              WHERE d.status NOT IN ('sent', 'failed')
-             RETURNING d.job_id
+             RETURNING d.job_id, d.account
          ), ledger AS (
              -- the WeCom allowance: messages sent since the customer's last message
              UPDATE conversations c SET sent_since_customer = c.sent_since_customer + x.n
              FROM (SELECT i.account, i.open_kfid, i.recipient, count(*) AS n
-                   FROM input i JOIN up USING (job_id)
+                   FROM input i JOIN up USING (job_id, account)
                    WHERE i.status = 'sent' AND i.channel = 'wecom' AND i.kind = 'send'
                    GROUP BY 1, 2, 3) x
              WHERE c.account = x.account AND c.open_kfid = x.open_kfid AND c.external_userid = x.recipient
@@ -479,8 +499,9 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
          )
          -- history: every change but the common one, a send that succeeded at the first
          -- attempt (the row's created_at and sent_at tell that story; `status` prints it)
-         INSERT INTO delivery_events (job_id, status, attempts, errcode, error)
-         SELECT i.job_id, i.status, i.attempts, i.errcode, i.error FROM input i JOIN up USING (job_id)
+         INSERT INTO delivery_events (job_id, account, status, attempts, errcode, error)
+         SELECT i.job_id, i.account, i.status, i.attempts, i.errcode, i.error
+         FROM input i JOIN up USING (job_id, account)
          WHERE NOT (i.status = 'sent' AND i.attempts <= 1)",
     )
     .bind(&cols.0)
@@ -539,7 +560,7 @@ pub struct OutcomeRow {
 pub(super) async fn outcome_rows(pool: &PgPool, ids: &[String]) -> anyhow::Result<Vec<OutcomeRow>> {
     Ok(sqlx::query_as::<_, OutcomeRow>(
         "SELECT job_id, account, status, attempts, coalesce(error, '') AS error \
-             FROM deliveries WHERE job_id = ANY($1) ORDER BY job_id",
+             FROM deliveries WHERE job_id = ANY($1) ORDER BY job_id, account",
     )
     .bind(ids)
     .fetch_all(pool)

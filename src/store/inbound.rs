@@ -373,10 +373,10 @@ async fn apply_effects(
                     "WITH up AS (
                          UPDATE deliveries SET status = 'failed', error = $3, updated_at = now()
                          WHERE job_id = $2 AND account = $1 AND platform_msgid = $2 AND status = 'sent'
-                         RETURNING job_id, attempts
+                         RETURNING job_id, account, attempts
                      )
-                     INSERT INTO delivery_events (job_id, status, attempts, error)
-                     SELECT job_id, 'failed', attempts, $3 FROM up
+                     INSERT INTO delivery_events (job_id, account, status, attempts, error)
+                     SELECT job_id, account, 'failed', attempts, $3 FROM up
                      RETURNING job_id",
                 )
                 .bind(account)

@@ -358,9 +358,14 @@ impl Store {
 
     // ---- what `wxdispatch status` reads ----
 
-    /// The delivery row of a job.
-    pub async fn delivery(&self, job_id: &str) -> anyhow::Result<Option<Delivery>> {
-        deliveries::delivery(&self.pool, job_id).await
+    /// The delivery rows of a job id: the one of `account`, or (`None`) those of every
+    /// account that has the id, by account.
+    pub async fn deliveries(
+        &self,
+        job_id: &str,
+        account: Option<&str>,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        deliveries::deliveries(&self.pool, job_id, account).await
     }
 
     /// The outcomes of these jobs, by job id (what the demo prints).
@@ -372,8 +377,12 @@ impl Store {
     }
 
     /// A job's history, oldest first.
-    pub async fn delivery_events(&self, job_id: &str) -> anyhow::Result<Vec<DeliveryEvent>> {
-        deliveries::delivery_events(&self.pool, job_id).await
+    pub async fn delivery_events(
+        &self,
+        account: &str,
+        job_id: &str,
+    ) -> anyhow::Result<Vec<DeliveryEvent>> {
+        deliveries::delivery_events(&self.pool, account, job_id).await
     }
 
     /// What is known of a WeCom conversation (`None`: no customer message or session state

@@ -15,7 +15,7 @@ async fn wait_finished(
 ) -> wxdispatch::engine::broadcast::Progress {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(p) = wxdispatch::engine::broadcast::progress(&env.pool, id)
+        if let Some(p) = wxdispatch::engine::broadcast::progress(&env.pool, "kf", id)
             .await
             .unwrap()
             && p.pending == 0
@@ -26,7 +26,7 @@ async fn wait_finished(
         assert!(
             Instant::now() < deadline,
             "broadcast {id} did not finish: {:?}",
-            wxdispatch::engine::broadcast::progress(&env.pool, id)
+            wxdispatch::engine::broadcast::progress(&env.pool, "kf", id)
                 .await
                 .unwrap()
         );
@@ -137,7 +137,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     // let it start
     let t0 = Instant::now();
     loop {
-        let p = wxdispatch::engine::broadcast::progress(&env.pool, "bc-2")
+        let p = wxdispatch::engine::broadcast::progress(&env.pool, "kf", "bc-2")
             .await
             .unwrap();
         if p.is_some_and(|p| p.sent >= 20) {
@@ -146,7 +146,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
         assert!(t0.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let n = wxdispatch::engine::broadcast::cancel(&env.pool, "bc-2")
+    let n = wxdispatch::engine::broadcast::cancel(&env.pool, "kf", "bc-2")
         .await
         .unwrap();
     assert!(n > 500, "most recipients were still pending ({n})");
@@ -162,7 +162,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     .unwrap();
     assert_eq!(sent_at_sim, sent_rows, "nothing cancelled was sent");
     assert!(
-        wxdispatch::engine::broadcast::cancel(&env.pool, "nope")
+        wxdispatch::engine::broadcast::cancel(&env.pool, "kf", "nope")
             .await
             .is_err()
     );
