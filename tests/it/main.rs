@@ -1,6 +1,7 @@
 //! Integration tests against the real RabbitMQ and Postgres (a fresh vhost and database per
 //! test) and the project's own platform simulator.
 
+mod account_key;
 mod broadcast;
 mod conversation;
 mod core;
