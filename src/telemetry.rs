@@ -29,6 +29,7 @@ pub const INBOUND_MESSAGES: &str = "wxdispatch_inbound_messages_total";
 pub const SYNC_LAG: &str = "wxdispatch_sync_lag_seconds";
 pub const SEND_FAILURES: &str = "wxdispatch_send_failures_total";
 pub const SYNC_PAGES: &str = "wxdispatch_sync_pages_total";
+pub const INBOUND_QUARANTINED: &str = "wxdispatch_inbound_quarantined_total";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,6 +111,10 @@ fn describe() {
     describe_counter!(
         SYNC_PAGES,
         "sync_msg pages requested, by outcome (ok, empty, failed)"
+    );
+    describe_counter!(
+        INBOUND_QUARANTINED,
+        "Inbound messages the database refused for their data, kept in inbound_quarantine"
     );
 }
 

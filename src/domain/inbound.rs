@@ -2,9 +2,14 @@
 //! `sync_msg` entry (or a chatbot push) read into an [`Inbound`], its identity, its routing
 //! word, and the side effect it has on conversations and deliveries ([`Effect`]).
 //!
+//! Postgres cannot hold U+0000 in `jsonb` or `text`; [`Inbound::stored_body`] is how a body
+//! that contains it is stored anyway (see [`NUL_STAND_IN`]).
+//!
 //! Pure: no clock (the caller passes "now"), no I/O. The engine's sync loop
 //! (`crate::engine::inbound`) and the chatbot callback build these; the store applies the
 //! effects.
+
+use std::borrow::Cow;
 
 use serde_json::Value;
 use sha1::{Digest, Sha1};
@@ -14,6 +19,10 @@ use crate::domain::service_state::ServiceState;
 /// Longest msgid kept verbatim. AMQP `message_id` is a short string (≤ 255 bytes); a longer
 /// platform id (never seen) is replaced by its SHA-1, stably.
 pub const MAX_MSGID_LEN: usize = 128;
+/// What stands for U+0000 in the `jsonb` copy of a body that contains it (keys and string
+/// values): U+FFFD, the replacement character. That copy is for queries only; the exact
+/// message is kept beside it as JSON text (see [`Inbound::stored_body`]).
+pub const NUL_STAND_IN: char = '\u{FFFD}';
 /// Longest msgtype used as a routing-key word; anything longer or not `[a-z0-9_]` is `other`.
 const MAX_MSGTYPE_LEN: usize = 32;
 
@@ -38,6 +47,56 @@ fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
+/// An id a side effect writes to `conversations` or matches against `deliveries`: absent
+/// when it holds a U+0000 (no stored id can, and Postgres `text` would refuse it).
+fn id_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    str_at(v, key).filter(|s| !s.contains('\0'))
+}
+
+/// True when a string anywhere in `v` (an object key or a string value) contains U+0000.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// `s` with every U+0000 replaced by [`NUL_STAND_IN`] (borrowed when it has none).
+pub fn replace_nul(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', NUL_STAND_IN.encode_utf8(&mut [0; 4])))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `v` with every U+0000 in its keys and string values replaced by [`NUL_STAND_IN`]. Two
+/// keys that differ only there would merge (the later one wins); the exact text keeps both.
+pub fn without_nul(v: &Value) -> Value {
+    let fix = |s: &str| replace_nul(s).into_owned();
+    match v {
+        Value::String(s) => Value::String(fix(s)),
+        Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (fix(k), without_nul(v))).collect())
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => v.clone(),
+    }
+}
+
+/// A body as `inbound_messages` holds it (see [`Inbound::stored_body`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBody {
+    /// `body` (jsonb): the message, with [`NUL_STAND_IN`] for each U+0000.
+    pub json: Value,
+    /// `body_exact` (text): `None` when `json` is the message itself; otherwise the exact
+    /// message as JSON text, in which U+0000 is written as the six characters `\u0000`
+    /// (JSON's own escape, so a JSON parser gives the original back).
+    pub exact: Option<String>,
+}
+
 fn int_at(v: &Value, key: &str) -> Option<i64> {
     match v.get(key)? {
         Value::Number(n) => n.as_i64(),
@@ -51,9 +110,10 @@ pub fn content_id(bytes: &[u8]) -> String {
     format!("sha1:{}", hex::encode(Sha1::digest(bytes)))
 }
 
-/// A platform msgid as stored and used as AMQP `message_id` (see [`MAX_MSGID_LEN`]).
+/// A platform msgid as stored and used as AMQP `message_id` (see [`MAX_MSGID_LEN`]). An id
+/// with a U+0000 in it (which no Postgres `text` can hold) is replaced by its SHA-1 too.
 pub fn normalize_msgid(id: &str) -> String {
-    if id.len() <= MAX_MSGID_LEN {
+    if id.len() <= MAX_MSGID_LEN && !id.contains('\0') {
         id.to_owned()
     } else {
         content_id(id.as_bytes())
@@ -104,6 +164,22 @@ impl Inbound {
         }
     }
 
+    /// The body as stored: itself when it has no U+0000 (the usual case), else a copy with
+    /// [`NUL_STAND_IN`] plus the exact JSON text (see [`StoredBody`]).
+    pub fn stored_body(&self) -> StoredBody {
+        if has_nul(&self.body) {
+            StoredBody {
+                json: without_nul(&self.body),
+                exact: Some(self.body.to_string()),
+            }
+        } else {
+            StoredBody {
+                json: self.body.clone(),
+                exact: None,
+            }
+        }
+    }
+
     /// `<account>.<msgtype>`: the routing key on exchange `wxdispatch.inbound`.
     pub fn routing_key(&self, account: &str) -> String {
         format!("{account}.{}", self.msgtype)
@@ -113,7 +189,8 @@ impl Inbound {
     /// `now` (unix seconds) stands in for a missing `send_time`.
     pub fn effect(&self, now: i64) -> Effect {
         let at = self.send_time.unwrap_or(now);
-        let conv = || Some((self.open_kfid.clone()?, self.external_userid.clone()?));
+        let id = |s: &Option<String>| s.clone().filter(|s| !s.contains('\0'));
+        let conv = || Some((id(&self.open_kfid)?, id(&self.external_userid)?));
         if self.origin == Some(3) {
             return match conv() {
                 Some((open_kfid, external_userid)) => Effect::Customer {
@@ -142,7 +219,7 @@ impl Inbound {
                 let servicer = if state == ServiceState::Ended {
                     None
                 } else {
-                    str_at(ev, "new_servicer_userid").map(str::to_owned)
+                    id_at(ev, "new_servicer_userid").map(str::to_owned)
                 };
                 Effect::ServiceState {
                     open_kfid,
@@ -152,7 +229,7 @@ impl Inbound {
                     at,
                 }
             }
-            Some("msg_send_fail") => match str_at(ev, "fail_msgid") {
+            Some("msg_send_fail") => match id_at(ev, "fail_msgid") {
                 Some(id) => Effect::SendFailed {
                     fail_msgid: id.to_owned(),
                     fail_type: int_at(ev, "fail_type").unwrap_or(0),
@@ -353,6 +430,50 @@ mod tests {
             );
             let _ = a.effect(0);
         }
+    }
+
+    #[test]
+    fn a_body_with_nul_is_stored_with_a_stand_in_and_its_exact_text() {
+        let plain = Inbound::from_wecom(customer("m1", 1), "wk");
+        assert_eq!(
+            plain.stored_body(),
+            StoredBody {
+                json: plain.body.clone(),
+                exact: None
+            }
+        );
+        let body =
+            json!({"msgid": "m2", "text": {"content": "a\u{0}b", "k\u{0}": ["\u{0}", 1, null]}});
+        let m = Inbound::from_wecom(body.clone(), "wk");
+        let s = m.stored_body();
+        assert_eq!(
+            s.json,
+            json!({"msgid": "m2", "text": {"content": "a\u{FFFD}b", "k\u{FFFD}": ["\u{FFFD}", 1, null]}})
+        );
+        assert!(!has_nul(&s.json));
+        let exact = s.exact.unwrap();
+        assert!(!exact.contains('\0'), "no NUL in the text either");
+        assert!(exact.contains(r"a\u0000b"), "{exact}");
+        let back: Value = serde_json::from_str(&exact).unwrap();
+        assert_eq!(back, body, "the exact text gives the original back");
+        assert_eq!(m.body, body, "the published body is untouched");
+    }
+
+    #[test]
+    fn ids_with_nul_are_hashed_or_ignored() {
+        let id = normalize_msgid("a\u{0}b");
+        assert!(id.starts_with("sha1:") && !id.contains('\0'), "{id}");
+        assert_eq!(normalize_msgid("ab"), "ab");
+        let m = Inbound::from_wecom(
+            event(
+                json!({"event_type": "msg_send_fail", "external_userid": "u", "fail_msgid": "j\u{0}", "fail_type": 4}),
+            ),
+            "wkA",
+        );
+        assert_eq!(m.effect(0), Effect::None);
+        let mut c = Inbound::from_wecom(customer("m1", 5), "wk");
+        c.external_userid = Some("w\u{0}".into());
+        assert_eq!(c.effect(0), Effect::None);
     }
 
     #[test]

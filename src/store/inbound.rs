@@ -6,6 +6,12 @@
 //! The sync loop's statements run on the connection that holds the lock ([`SyncLock`]); the
 //! chatbot callback's on any pooled connection ([`Store::inbound_stored`],
 //! [`Store::insert_inbound`]).
+//!
+//! No single message can hold a cursor: a body with U+0000 is stored escaped (see
+//! [`Inbound::stored_body`]), and a message the database refuses for its data (see
+//! [`refusal`]) goes to `inbound_quarantine` with the reason while the rest of its page, and
+//! the cursor, move on. Anything else (the database unreachable, read-only, a missing
+//! table) fails the page, which is retried from the same cursor.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,10 +19,12 @@ use anyhow::Context;
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, PgConnection, Postgres};
+use tracing::warn;
 
-use crate::domain::inbound::{Effect, Inbound};
+use crate::domain::inbound::{Effect, Inbound, replace_nul};
 use crate::domain::service_state::ServiceState;
 use crate::store::Store;
+use crate::telemetry as t;
 
 /// Namespace (first key) of the sync advisory locks: "WXSY". The second key is
 /// `hashtext(account || '/' || open_kfid)`; a hash collision only serialises two pullers.
@@ -29,6 +37,50 @@ pub struct PageCommit {
     pub inserted: HashSet<String>,
     /// The `msg_send_fail` events among them, in page order.
     pub send_failures: Vec<SendFailure>,
+    /// The messages the database refused, now in `inbound_quarantine`.
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A message the database refused for its data, kept in `inbound_quarantine` instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub msgid: String,
+    /// `SQLSTATE <code>: <the database's message>`.
+    pub reason: String,
+}
+
+/// Why the database refused a statement for the data in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    sqlstate: String,
+    message: String,
+}
+
+impl Refusal {
+    fn reason(&self) -> String {
+        format!("SQLSTATE {}: {}", self.sqlstate, self.message)
+    }
+}
+
+/// True for the SQLSTATE classes that mean "this data cannot be stored" rather than "the
+/// database cannot store anything now": 22 data exception (22P05 untranslatable character,
+/// 22021 bad byte sequence, 22008 timestamp out of range …), 23 integrity constraint, 54
+/// program limit (a value too large). Everything else — 08 connection, 57P0x shutdown, 25006
+/// read-only, 53 resources, 42 a schema problem — affects every message alike.
+pub fn is_data_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("22" | "23" | "54"))
+}
+
+/// The refusal in `e`, when the database refused the statement for its data.
+fn refusal(e: &anyhow::Error) -> Option<Refusal> {
+    let sqlx::Error::Database(d) = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>())? else {
+        return None;
+    };
+    let code = d.code()?;
+    is_data_sqlstate(&code).then(|| Refusal {
+        sqlstate: code.into_owned(),
+        message: d.message().to_owned(),
+    })
 }
 
 impl PageCommit {
@@ -90,7 +142,8 @@ impl Store {
     }
 
     /// Insert messages (duplicates ignored), without side effects; returns the msgids
-    /// actually inserted.
+    /// actually inserted. A message the database refuses for its data is quarantined (and
+    /// not in the answer); only other failures are errors.
     pub async fn insert_inbound(
         &self,
         account: &str,
@@ -101,7 +154,14 @@ impl Store {
             .acquire()
             .await
             .context("acquiring a database connection")?;
-        insert_messages(&mut conn, account, msgs).await
+        let mut tx = conn
+            .begin()
+            .await
+            .context("beginning the inbound transaction")?;
+        let stored = store_batch(&mut tx, account, None, msgs, None).await?;
+        tx.commit().await.context("committing inbound messages")?;
+        count_quarantined(account, None, &stored.quarantined);
+        Ok(stored.inserted)
     }
 }
 
@@ -160,8 +220,7 @@ impl SyncLock {
             .begin()
             .await
             .context("beginning the page transaction")?;
-        let inserted = insert_messages(&mut tx, account, msgs).await?;
-        let send_failures = apply_effects(&mut tx, account, msgs, &inserted, now).await?;
+        let stored = store_batch(&mut tx, account, Some(&self.open_kfid), msgs, Some(now)).await?;
         if let Some(cursor) = next_cursor {
             sqlx::query(
                 "INSERT INTO sync_cursors (account, open_kfid, cursor, pages, updated_at)
@@ -177,10 +236,8 @@ impl SyncLock {
             .context("storing the sync cursor")?;
         }
         tx.commit().await.context("committing the page")?;
-        Ok(PageCommit {
-            inserted,
-            send_failures,
-        })
+        count_quarantined(account, Some(&self.open_kfid), &stored.quarantined);
+        Ok(stored)
     }
 
     /// Release the lock and give the connection back (closed instead if the unlock failed).
@@ -218,8 +275,11 @@ async fn already_stored(
     if msgids.is_empty() {
         return Ok(HashSet::new());
     }
+    // A quarantined message counts as known: it was published before it was refused.
     let rows: Vec<String> = sqlx::query_scalar(
-        "SELECT msgid FROM inbound_messages WHERE account = $1 AND msgid = ANY($2::text[])",
+        "SELECT msgid FROM inbound_messages WHERE account = $1 AND msgid = ANY($2::text[])
+         UNION ALL
+         SELECT msgid FROM inbound_quarantine WHERE account = $1 AND msgid = ANY($2::text[])",
     )
     .bind(account)
     .bind(msgids)
@@ -227,6 +287,143 @@ async fn already_stored(
     .await
     .context("reading stored inbound msgids")?;
     Ok(rows.into_iter().collect())
+}
+
+/// Store `msgs` in the caller's transaction and, with `effects_at` (now, unix seconds),
+/// apply the effects of the newly inserted ones. If the database refuses the batch for its
+/// data, each message is tried alone (in a savepoint of its own, with its effects) and the
+/// ones refused alone are quarantined (`open_kfid`: the sync loop's); the others are stored
+/// as usual, in page order.
+async fn store_batch(
+    conn: &mut PgConnection,
+    account: &str,
+    open_kfid: Option<&str>,
+    msgs: &[Inbound],
+    effects_at: Option<i64>,
+) -> anyhow::Result<PageCommit> {
+    let mut out = PageCommit::default();
+    if msgs.is_empty() {
+        return Ok(out);
+    }
+    let refused = match attempt(conn, account, msgs, effects_at).await? {
+        Ok((inserted, send_failures)) => {
+            out.inserted = inserted;
+            out.send_failures = send_failures;
+            return Ok(out);
+        }
+        Err(r) => r,
+    };
+    if msgs.len() == 1 {
+        quarantine(conn, account, open_kfid, &msgs[0], &refused).await?;
+        out.quarantined.push(Quarantined {
+            msgid: msgs[0].msgid.clone(),
+            reason: refused.reason(),
+        });
+        return Ok(out);
+    }
+    for m in msgs {
+        match attempt(conn, account, std::slice::from_ref(m), effects_at).await? {
+            Ok((inserted, send_failures)) => {
+                out.inserted.extend(inserted);
+                out.send_failures.extend(send_failures);
+            }
+            Err(r) => {
+                quarantine(conn, account, open_kfid, m, &r).await?;
+                out.quarantined.push(Quarantined {
+                    msgid: m.msgid.clone(),
+                    reason: r.reason(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Insert `msgs` (and apply their effects) in a savepoint: `Ok(Ok(…))` stored, `Ok(Err(…))`
+/// refused for its data (rolled back to the savepoint, nothing stored), `Err` any other
+/// failure.
+async fn attempt(
+    conn: &mut PgConnection,
+    account: &str,
+    msgs: &[Inbound],
+    effects_at: Option<i64>,
+) -> anyhow::Result<Result<(HashSet<String>, Vec<SendFailure>), Refusal>> {
+    let mut sp = conn.begin().await.context("taking a savepoint")?;
+    match insert_and_apply(&mut sp, account, msgs, effects_at).await {
+        Ok(v) => {
+            sp.commit().await.context("releasing the savepoint")?;
+            Ok(Ok(v))
+        }
+        Err(e) => match refusal(&e) {
+            Some(r) => {
+                sp.rollback()
+                    .await
+                    .context("rolling back to the savepoint")?;
+                Ok(Err(r))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+async fn insert_and_apply(
+    conn: &mut PgConnection,
+    account: &str,
+    msgs: &[Inbound],
+    effects_at: Option<i64>,
+) -> anyhow::Result<(HashSet<String>, Vec<SendFailure>)> {
+    let inserted = insert_messages(conn, account, msgs).await?;
+    let failures = match effects_at {
+        Some(now) => apply_effects(conn, account, msgs, &inserted, now).await?,
+        None => Vec::new(),
+    };
+    Ok((inserted, failures))
+}
+
+/// Keep a refused message in `inbound_quarantine` (every text NUL-free: the exact message
+/// as JSON text, the ids with U+FFFD for U+0000).
+async fn quarantine(
+    conn: &mut PgConnection,
+    account: &str,
+    open_kfid: Option<&str>,
+    m: &Inbound,
+    why: &Refusal,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO inbound_quarantine (account, msgid, open_kfid, msgtype, raw, reason, sqlstate)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (account, msgid) DO UPDATE SET
+             raw = excluded.raw, reason = excluded.reason, sqlstate = excluded.sqlstate,
+             times = inbound_quarantine.times + 1, last_at = now()",
+    )
+    .bind(account)
+    .bind(replace_nul(&m.msgid).as_ref())
+    .bind(
+        open_kfid
+            .or(m.open_kfid.as_deref())
+            .map(replace_nul)
+            .as_deref(),
+    )
+    .bind(replace_nul(&m.msgtype).as_ref())
+    .bind(m.body.to_string())
+    .bind(replace_nul(&why.reason()).as_ref())
+    .bind(&why.sqlstate)
+    .execute(conn)
+    .await
+    .context("quarantining an inbound message")?;
+    Ok(())
+}
+
+/// Log and count messages quarantined by a committed transaction.
+fn count_quarantined(account: &str, open_kfid: Option<&str>, q: &[Quarantined]) {
+    for m in q {
+        warn!(account, open_kfid, msgid = %m.msgid, reason = %m.reason,
+            "inbound message refused by the database; quarantined (inbound_quarantine), moving on");
+    }
+    if !q.is_empty() {
+        metrics::counter!(t::INBOUND_QUARANTINED, "account" => account.to_owned())
+            .increment(q.len() as u64);
+    }
 }
 
 async fn insert_messages(
@@ -243,13 +440,19 @@ async fn insert_messages(
     let origins: Vec<Option<i32>> = msgs.iter().map(|m| m.origin).collect();
     let types: Vec<&str> = msgs.iter().map(|m| m.msgtype.as_str()).collect();
     let times: Vec<Option<i64>> = msgs.iter().map(|m| m.send_time).collect();
-    let bodies: Vec<Value> = msgs.iter().map(|m| m.body.clone()).collect();
+    let (bodies, exacts): (Vec<Value>, Vec<Option<String>>) = msgs
+        .iter()
+        .map(|m| {
+            let b = m.stored_body();
+            (b.json, b.exact)
+        })
+        .unzip();
     let inserted: Vec<String> = sqlx::query_scalar(
         "INSERT INTO inbound_messages
-             (account, msgid, open_kfid, external_userid, origin, msgtype, send_time, body)
-         SELECT $1, m, k, u, o, t, to_timestamp(s), b
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::bigint[], $8::jsonb[])
-             AS x(m, k, u, o, t, s, b)
+             (account, msgid, open_kfid, external_userid, origin, msgtype, send_time, body, body_exact)
+         SELECT $1, m, k, u, o, t, to_timestamp(s), b, e
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::bigint[], $8::jsonb[], $9::text[])
+             AS x(m, k, u, o, t, s, b, e)
          ON CONFLICT (account, msgid) DO NOTHING
          RETURNING msgid",
     )
@@ -261,6 +464,7 @@ async fn insert_messages(
     .bind(&types)
     .bind(&times)
     .bind(&bodies)
+    .bind(&exacts)
     .fetch_all(conn)
     .await
     .context("storing inbound messages")?;
@@ -391,4 +595,27 @@ async fn apply_effects(
     }
     apply_customers(conn, account, &mut customers).await?;
     Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_errors_quarantine() {
+        for code in ["22P05", "22021", "22008", "23514", "23505", "54000"] {
+            assert!(is_data_sqlstate(code), "{code}");
+        }
+        // Connection, shutdown, read-only, resources, schema, internal: they hold the page.
+        for code in [
+            "08006", "57P01", "57P03", "25006", "53300", "42P01", "XX000", "2", "",
+        ] {
+            assert!(!is_data_sqlstate(code), "{code}");
+        }
+        assert_eq!(refusal(&anyhow::anyhow!("no database error")), None);
+        assert_eq!(
+            refusal(&anyhow::Error::new(sqlx::Error::PoolTimedOut)),
+            None
+        );
+    }
 }

@@ -20,14 +20,14 @@ const KFID: &str = "wkKF1";
 
 /// An exclusive queue bound to `wxdispatch.inbound` with `#`; collects (routing key,
 /// message_id, body) in the background.
-struct InboundTap {
+pub(crate) struct InboundTap {
     rx: tokio::sync::mpsc::UnboundedReceiver<(String, String, Value)>,
     got: Vec<(String, String, Value)>,
     _ch: lapin::Channel,
 }
 
 impl InboundTap {
-    async fn new(env: &Env) -> Self {
+    pub(crate) async fn new(env: &Env) -> Self {
         let ch = env.conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
@@ -98,7 +98,7 @@ impl InboundTap {
     }
 
     /// Everything received, once `quiet` passes without a new message.
-    async fn drain(&mut self, quiet: Duration) -> Vec<(String, String, Value)> {
+    pub(crate) async fn drain(&mut self, quiet: Duration) -> Vec<(String, String, Value)> {
         while let Ok(Some(m)) = tokio::time::timeout(quiet, self.rx.recv()).await {
             self.got.push(m);
         }
@@ -106,7 +106,7 @@ impl InboundTap {
     }
 }
 
-async fn count(env: &Env, sql: &str) -> i64 {
+pub(crate) async fn count(env: &Env, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&env.pool)
         .await
@@ -114,7 +114,7 @@ async fn count(env: &Env, sql: &str) -> i64 {
 }
 
 /// Poll `sql` (a count) until it reaches `n`.
-async fn wait_count(env: &Env, sql: &str, n: i64, timeout: Duration) {
+pub(crate) async fn wait_count(env: &Env, sql: &str, n: i64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let c = count(env, sql).await;

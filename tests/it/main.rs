@@ -10,6 +10,7 @@ mod demo;
 mod deploy;
 mod harness;
 mod inbound;
+mod inbound_nul;
 mod kf;
 mod ops;
 mod retry;

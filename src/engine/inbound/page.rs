@@ -227,7 +227,9 @@ impl Puller<'_> {
     }
 
     /// Publish what is not stored yet, confirmed, *then* commit the page (and the cursor
-    /// `next`). Returns how many messages were newly stored.
+    /// `next`). Returns how many messages were newly stored. A message the database refuses
+    /// for its data does not fail the page: the store quarantines it and the cursor moves on
+    /// (see [`crate::store::inbound`]); only an outage fails it.
     async fn store(
         &self,
         lock: &mut SyncLock,
