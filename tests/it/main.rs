@@ -2,6 +2,7 @@
 //! test) and the project's own platform simulator.
 
 mod broadcast;
+mod callback_security;
 mod conversation;
 mod core;
 mod crash;
