@@ -76,6 +76,13 @@ pub struct AccountConfig {
     pub encoding_aes_key: Secret,
     #[serde(default, skip_serializing)]
     pub encoding_aes_key_file: Option<PathBuf>,
+    /// Chatbot only: refuse a push to `/callback/chatbot/<account>` that does not carry a
+    /// signature (`msg_signature` or `signature`, with `timestamp` and `nonce`, in the query).
+    /// Off by default because the Dialogue Open Platform signs no push; a signature that *is*
+    /// sent is always verified. Turn it on when the platform (or a signing proxy in front of
+    /// us) signs every push: an unsigned push then never reaches decryption.
+    #[serde(default)]
+    pub require_push_signature: bool,
 }
 
 impl AccountConfig {

@@ -78,10 +78,13 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let app = router(state);
     let fut = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(|e| anyhow::anyhow!("http server: {e}"))
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| anyhow::anyhow!("http server: {e}"))
     };
     Ok((addr, fut))
 }

@@ -96,6 +96,7 @@ fn account() -> AccountConfig {
         token_file: None,
         encoding_aes_key: Secret::new(""),
         encoding_aes_key_file: None,
+        require_push_signature: false,
     }
 }
 

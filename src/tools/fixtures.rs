@@ -51,6 +51,7 @@ pub fn chatbot_account(name: &str, base_url: &str, token: &str) -> AccountConfig
         token_file: None,
         encoding_aes_key: Secret::new(DEMO_AES_KEY),
         encoding_aes_key_file: None,
+        require_push_signature: false,
     }
 }
 
@@ -78,6 +79,7 @@ pub fn wecom_account(
         token_file: None,
         encoding_aes_key: Secret::default(),
         encoding_aes_key_file: None,
+        require_push_signature: false,
     }
 }
 

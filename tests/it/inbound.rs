@@ -129,7 +129,7 @@ pub(crate) async fn wait_count(env: &Env, sql: &str, n: i64, timeout: Duration) 
     }
 }
 
-fn url(worker: &wxdispatch::app::Worker, path: &str) -> String {
+pub(crate) fn url(worker: &wxdispatch::app::Worker, path: &str) -> String {
     format!("http://{}{path}", worker.http_addr.unwrap())
 }
 
@@ -199,16 +199,16 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
         .collect::<Vec<_>>()
         .join("&");
     let (s, _) = post(&client, &format!("{cb}?{bad_sig}"), body.clone()).await;
-    assert_eq!(s, 403, "bad signature");
+    assert_eq!(s, 400, "bad signature");
     // The right signature over another ciphertext (a tampered body).
     let tampered = body.replacen("<Encrypt><![CDATA[", "<Encrypt><![CDATA[AAAA", 1);
     let (s, _) = post(&client, &format!("{cb}?{query}"), tampered).await;
-    assert_eq!(s, 403, "tampered body");
+    assert_eq!(s, 400, "tampered body");
     // Stale timestamp, correctly signed.
     let crypt = wecom_crypt(&env);
     let (stale_q, stale_b) = callback_at(&crypt, chrono::Utc::now().timestamp() - 1000, &token);
     let (s, _) = post(&client, &format!("{cb}?{stale_q}"), stale_b).await;
-    assert_eq!(s, 403, "stale timestamp");
+    assert_eq!(s, 400, "stale timestamp");
     // Missing parameters, malformed XML, oversized body, unknown account.
     let (s, _) = post(&client, &cb, body.clone()).await;
     assert_eq!(s, 400, "no query");
@@ -228,7 +228,7 @@ async fn bad_callbacks_are_refused_and_store_nothing() {
         body.clone(),
     )
     .await;
-    assert_eq!(s, 404, "unknown account");
+    assert_eq!(s, 400, "unknown account");
     // Garbage bytes never crash the handler.
     let r = client
         .post(format!("{cb}?{query}"))
@@ -294,14 +294,14 @@ async fn url_verification_answers_the_echostr() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.status().as_u16(), 400);
     // An account without callback credentials has no callback endpoint.
     let r = client
         .get(url(&worker, &format!("/callback/wecom/plain?{query}")))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.status().as_u16(), 400);
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
@@ -611,7 +611,7 @@ async fn chatbot_push_is_stored_and_published_once() {
         post(&client, &url(&worker, "/callback/chatbot/nobody"), push)
             .await
             .0,
-        404
+        400
     );
     let rows =
         sqlx::query("SELECT msgid, msgtype, external_userid FROM inbound_messages ORDER BY msgid")

@@ -3,6 +3,7 @@
 
 mod account_key;
 mod broadcast;
+mod callback_security;
 mod conversation;
 mod core;
 mod crash;

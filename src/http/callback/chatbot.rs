@@ -1,9 +1,12 @@
 //! The Dialogue Open Platform's push: decrypted, published to `wxdispatch.inbound`, stored
 //! in `inbound_messages` (once: a platform retry of a stored push is answered and dropped).
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -12,7 +15,8 @@ use tracing::{debug, warn};
 
 use crate::config::{AccountConfig, Channel};
 use crate::engine::inbound::{self, Inbound};
-use crate::http::callback::auth::{Reject, WECOM_ACK, body, refuse};
+use crate::http::callback::auth::{PushQuery, Reject, WECOM_ACK, authenticate_push, body, query};
+use crate::http::callback::shield::{Peer, Shield, peer_ip};
 use crate::http::state::AppState;
 use crate::telemetry as t;
 use crate::xml;
@@ -25,18 +29,30 @@ struct PushBody {
 /// `POST /callback/chatbot/<account>`: the Dialogue Open Platform's push.
 pub(super) async fn chatbot_push(
     State(s): State<AppState>,
-    Path(account): Path<String>,
+    Extension(shield): Extension<Arc<Shield>>,
+    peer: Peer,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PushQuery>, QueryRejection>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle_chatbot_push(&s, &account, b).await {
+    let account = account.map(|Path(a)| a).unwrap_or_default();
+    match handle_chatbot_push(&s, &account, q, b).await {
         Ok(()) => (StatusCode::OK, WECOM_ACK).into_response(),
-        Err(r) => refuse("chatbot_push", &account, r),
+        Err(r) => {
+            shield
+                .refuse(peer_ip(&peer), "chatbot_push", &account, r)
+                .await
+        }
     }
 }
 
+/// Everything up to the decrypted push, in this order: the account and its key, the body,
+/// the signature when the push carries one (or the account requires one), the ciphertext.
+/// Whatever fails, the caller answers the same refusal.
 async fn handle_chatbot_push(
     s: &AppState,
     account: &str,
+    q: Result<Query<PushQuery>, QueryRejection>,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<(), Reject> {
     let a = s
@@ -45,6 +61,7 @@ async fn handle_chatbot_push(
         .filter(|a| a.channel == Channel::Chatbot)
         .ok_or(Reject::UnknownAccount)?;
     let crypt = a.crypt().ok_or(Reject::NoCredentials)?;
+    let q = query(q)?;
     let b = body(s, b)?;
     let push: PushBody = serde_json::from_slice(&b)
         .map_err(|_| Reject::Malformed("expected {\"encrypted\": \"<base64>\"}".into()))?;
@@ -52,6 +69,7 @@ async fn handle_chatbot_push(
         .encrypted
         .filter(|e| !e.is_empty())
         .ok_or_else(|| Reject::Malformed("\"encrypted\" missing".into()))?;
+    authenticate_push(&crypt, &q, &enc, a.require_push_signature)?;
     let plain = crypt.decrypt(&enc).map_err(Reject::Decrypt)?;
     let msg = chatbot_inbound(a, &plain)?;
     let known = s

@@ -28,6 +28,7 @@ fn chatbot_push_fields() {
         token_file: None,
         encoding_aes_key: Default::default(),
         encoding_aes_key_file: None,
+        require_push_signature: false,
     };
     let m = chatbot_inbound(
         &a,

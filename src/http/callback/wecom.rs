@@ -1,25 +1,33 @@
 //! WeCom's callbacks: URL verification (GET) and events (POST), of which a
 //! `kf_msg_or_event` wakes the sync loop of its open_kfid.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, info, warn};
 
 use crate::http::callback::auth::{
-    Reject, WECOM_ACK, WecomQuery, authenticate, body, query, refuse, required, unplus, wecom_crypt,
+    Reject, WECOM_ACK, WecomQuery, authenticate, body, query, required, unplus, wecom_crypt,
 };
+use crate::http::callback::shield::{Peer, Shield, peer_ip};
 use crate::http::state::AppState;
 use crate::xml;
 
 /// `GET /callback/wecom/<account>`: URL verification.
 pub(super) async fn wecom_verify(
     State(s): State<AppState>,
-    Path(account): Path<String>,
+    Extension(shield): Extension<Arc<Shield>>,
+    peer: Peer,
+    account: Result<Path<String>, PathRejection>,
     q: Result<Query<WecomQuery>, QueryRejection>,
 ) -> Response {
+    let account = account.map(|Path(a)| a).unwrap_or_default();
     match verify_url(&s, &account, q) {
         Ok(plain) => {
             info!(account = %account, "WeCom callback URL verified");
@@ -30,7 +38,11 @@ pub(super) async fn wecom_verify(
             )
                 .into_response()
         }
-        Err(r) => refuse("wecom_verify", &account, r),
+        Err(r) => {
+            shield
+                .refuse(peer_ip(&peer), "wecom_verify", &account, r)
+                .await
+        }
     }
 }
 
@@ -50,18 +62,29 @@ fn verify_url(
 /// `POST /callback/wecom/<account>`: a kf event.
 pub(super) async fn wecom_event(
     State(s): State<AppState>,
-    Path(account): Path<String>,
+    Extension(shield): Extension<Arc<Shield>>,
+    peer: Peer,
+    account: Result<Path<String>, PathRejection>,
     q: Result<Query<WecomQuery>, QueryRejection>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle_wecom_event(&s, &account, q, b) {
+    let account = account.map(|Path(a)| a).unwrap_or_default();
+    match handle_wecom_event(&s, &shield, &account, q, b) {
         Ok(()) => (StatusCode::OK, WECOM_ACK).into_response(),
-        Err(r) => refuse("wecom_event", &account, r),
+        Err(r) => {
+            shield
+                .refuse(peer_ip(&peer), "wecom_event", &account, r)
+                .await
+        }
     }
 }
 
+/// Authenticate, decrypt and read the event; a `kf_msg_or_event` seen for the first time
+/// wakes its sync loop, a replay (same `msg_signature` inside the freshness window) is
+/// acked without waking anything.
 fn handle_wecom_event(
     s: &AppState,
+    shield: &Shield,
     account: &str,
     q: Result<Query<WecomQuery>, QueryRejection>,
     b: Result<Bytes, BytesRejection>,
@@ -93,6 +116,15 @@ fn handle_wecom_event(
         .field("OpenKfId")
         .ok_or_else(|| Reject::Malformed("kf_msg_or_event without OpenKfId".into()))?;
     let token = msg.field("Token");
+    let sig = q.signature().unwrap_or_default();
+    if !shield
+        .replays()
+        .first_sighting(account, sig, Instant::now())
+    {
+        debug!(account, open_kfid = %crate::text::truncate(open_kfid, 64),
+            "kf_msg_or_event replayed (signature already seen); acked, not woken");
+        return Ok(());
+    }
     if s.inbound.wake(account, open_kfid, token) {
         debug!(account, open_kfid, "kf_msg_or_event: sync loop woken");
     } else {

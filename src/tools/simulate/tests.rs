@@ -41,6 +41,7 @@ fn bot_account() -> AccountConfig {
         token_file: None,
         encoding_aes_key: Secret::new(KEY),
         encoding_aes_key_file: None,
+        require_push_signature: false,
     }
 }
 
@@ -60,6 +61,7 @@ fn kf_account() -> AccountConfig {
         token_file: None,
         encoding_aes_key: Secret::new(KEY),
         encoding_aes_key_file: None,
+        require_push_signature: false,
     }
 }
 
