@@ -88,6 +88,7 @@ impl Env {
         cfg.broker.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
         cfg.database.url = format!("postgres://postgres@127.0.0.1:5432/{db}");
         cfg.http.listen = "127.0.0.1:0".into();
+        cfg.http.admin_listen = "127.0.0.1:0".into();
         cfg.accounts = accs;
         cfg.worker.http_timeout_ms = 2_000;
         cfg.worker.shutdown_grace_secs = 5;
