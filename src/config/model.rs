@@ -271,3 +271,35 @@ impl Config {
             .unwrap_or_else(|| self.database.url.clone())
     }
 }
+
+#[cfg(test)]
+mod http_tests {
+    use super::HttpConfig;
+
+    fn err(f: impl FnOnce(&mut HttpConfig)) -> String {
+        let mut c = HttpConfig::default();
+        f(&mut c);
+        format!("{:#}", c.validate().unwrap_err())
+    }
+
+    #[test]
+    fn http_limits_are_validated_and_the_error_names_the_key() {
+        assert!(HttpConfig::default().validate().is_ok());
+        assert!(err(|c| c.admin_listen = "nowhere".into()).starts_with("http.admin_listen:"));
+        assert!(err(|c| c.admin_listen = c.listen.clone()).starts_with("http.admin_listen:"));
+        assert!(err(|c| c.max_header_bytes = 4096).starts_with("http.max_header_bytes:"));
+        assert!(
+            err(|c| c.header_read_timeout_secs = 0).starts_with("http.header_read_timeout_secs:")
+        );
+        assert!(err(|c| c.idle_timeout_secs = 0).starts_with("http.idle_timeout_secs:"));
+        assert!(err(|c| c.max_connections = 0).starts_with("http.max_connections:"));
+        assert!(err(|c| c.admin_max_connections = 0).starts_with("http.admin_max_connections:"));
+        // Both on ephemeral ports (tests) is fine; either may be disabled.
+        let c = HttpConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            ..HttpConfig::default()
+        };
+        assert!(c.validate().is_ok());
+    }
+}
