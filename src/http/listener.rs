@@ -271,3 +271,80 @@ impl AsyncWrite for Tracked {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A listener serving `/ok` with these limits (no broker or database needed).
+    async fn serve(limits: Limits) -> (SocketAddr, CancellationToken) {
+        let app = Router::new().route("/ok", get(|| async { "ok" }));
+        let token = CancellationToken::new();
+        let (addr, fut) = bind("test", "127.0.0.1:0", app, limits, token.clone())
+            .await
+            .unwrap();
+        tokio::spawn(fut);
+        (addr, token)
+    }
+
+    fn limits(header_read_timeout: u64, idle_timeout: u64) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(header_read_timeout),
+            idle_timeout: Duration::from_secs(idle_timeout),
+            max_header_bytes: MIN_BUF,
+            max_connections: 8,
+            drain: Duration::from_secs(5),
+        }
+    }
+
+    /// Everything the server sends until it closes; None if still open after 20 s.
+    async fn until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()?;
+        Some(got)
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed_by_the_idle_timeout() {
+        // The header timeout is far beyond the 20 s bound: only the idle timeout closes it.
+        let (addr, token) = serve(limits(600, 1)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let got = until_closed(&mut s).await.expect("closed when idle");
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+            "{text}"
+        );
+        token.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_head_is_closed_by_the_header_timeout() {
+        let (addr, token) = serve(limits(1, 600)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Slow: aaaa")
+            .await
+            .unwrap();
+        let got = until_closed(&mut s)
+            .await
+            .expect("closed by the header timeout");
+        let text = String::from_utf8_lossy(&got);
+        assert!(got.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+        token.cancel();
+    }
+}
