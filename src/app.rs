@@ -23,8 +23,10 @@ use crate::telemetry as t;
 pub struct Worker {
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// Where the HTTP endpoints listen (when enabled).
-    pub http_addr: Option<std::net::SocketAddr>,
+    /// Where the public listener (the platforms' callbacks) listens, when enabled.
+    pub public_addr: Option<std::net::SocketAddr>,
+    /// Where the admin listener (`/metrics`, `/healthz`, `/readyz`) listens, when enabled.
+    pub admin_addr: Option<std::net::SocketAddr>,
     pub store: Store,
     pub lanes: Vec<Arc<LaneCtx>>,
 }
@@ -81,21 +83,34 @@ impl Worker {
         if let Some(handle) = metrics {
             tasks.spawn(metrics_upkeep(handle, shutdown.clone()));
         }
-        let http_addr = if cfg.http.listen.is_empty() {
+        let state =
+            http::AppState::new(cfg.clone(), store.clone(), broker.clone(), inbound.clone());
+        let public_addr = if cfg.http.listen.is_empty() {
             None
         } else {
-            let state =
-                http::AppState::new(cfg.clone(), store.clone(), broker.clone(), inbound.clone());
-            let (addr, fut) = http::serve(&cfg.http.listen, state, shutdown.clone()).await?;
+            let (addr, fut) = http::serve_public(state.clone(), shutdown.clone()).await?;
+            tasks.spawn(fut);
+            Some(addr)
+        };
+        let admin_addr = if cfg.http.admin_listen.is_empty() {
+            None
+        } else {
+            let (addr, fut) = http::serve_admin(state, shutdown.clone()).await?;
             tasks.spawn(fut);
             Some(addr)
         };
         tasks.spawn(export_batch_stats(store.clone(), shutdown.clone()));
-        info!(accounts = cfg.accounts.len(), http = ?http_addr, "wxdispatch worker started");
+        info!(
+            accounts = cfg.accounts.len(),
+            public = ?public_addr,
+            admin = ?admin_addr,
+            "wxdispatch worker started"
+        );
         Ok(Self {
             shutdown,
             tasks,
-            http_addr,
+            public_addr,
+            admin_addr,
             store,
             lanes,
         })

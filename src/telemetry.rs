@@ -30,6 +30,8 @@ pub const SYNC_LAG: &str = "wxdispatch_sync_lag_seconds";
 pub const SEND_FAILURES: &str = "wxdispatch_send_failures_total";
 pub const SYNC_PAGES: &str = "wxdispatch_sync_pages_total";
 pub const INBOUND_QUARANTINED: &str = "wxdispatch_inbound_quarantined_total";
+pub const HTTP_CONNECTIONS: &str = "wxdispatch_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "wxdispatch_http_connections_refused_total";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -82,6 +84,11 @@ fn describe() {
         "Redelivered or duplicate jobs that already had an outcome"
     );
     describe_gauge!(INFLIGHT, "Jobs being processed");
+    describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections, by listener");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections closed at once because the listener's cap was reached"
+    );
     describe_histogram!(DB_BATCH_ROWS, "Rows per batched database write");
     describe_counter!(
         BROKER_RECONNECTS,

@@ -255,7 +255,7 @@ fn write_config(env: &Env, broker_url: &str, opts: &WorkerOpts, port: u16, path:
     let mut text = format!(
         "[broker]\nurl = \"{broker_url}\"\nprefetch = {}\n\n\
          [database]\nurl = \"{}\"\n\n\
-         [http]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [http]\nlisten = \"\"\nadmin_listen = \"127.0.0.1:{port}\"\n\n\
          [worker]\nhttp_timeout_ms = {}\nshutdown_grace_secs = {}\nconcurrency = {}\n\n\
          [retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\npause_initial_secs = {}\n\
          pause_max_secs = {}\nthrottle_pause_secs = {}\ntiers_secs = [1, 2, 5]\n\n",

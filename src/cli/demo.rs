@@ -9,7 +9,7 @@ pub struct DemoArgs {
     /// Keep the worker and simulator running after the demo (until Ctrl-C).
     #[arg(long)]
     pub serve: bool,
-    /// HTTP endpoints of the demo worker (metrics, health).
+    /// Public listener of the demo worker (callbacks); metrics and health: `http.admin_listen`.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: String,
 }

@@ -70,23 +70,95 @@ impl Default for DatabaseConfig {
     }
 }
 
+/// The two HTTP listeners and the limits that keep a flood of connections from taking the
+/// worker down (issue 14: 200 half-sent 380 KB headers took it from 30 to 106 MB and starved
+/// `/healthz`). Each listener has its own connection cap, so the admin one (probes, Prometheus)
+/// keeps answering while the public one is full.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Metrics, health and callbacks. Empty string disables the listener.
+    /// Public listener: the platforms' callbacks (`/callback/...`) and nothing else. Empty
+    /// string disables it.
     pub listen: String,
+    /// Admin listener: `/metrics`, `/healthz`, `/readyz` (and future admin routes). Keep it off
+    /// the internet: loopback by default; in a pod bind `0.0.0.0` but do not put the port in
+    /// the Service. Empty string disables it.
+    pub admin_listen: String,
     /// Largest accepted callback body; WeChat's are a few KB.
     pub max_body_bytes: usize,
+    /// A request's head (request line and headers) must arrive within this many seconds of its
+    /// first byte (or, on a kept-alive connection, of the previous response); else the
+    /// connection is closed. Stops slow-loris clients from holding connections.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no bytes read or written for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Largest request head (request line plus headers); a larger one is answered 431 and the
+    /// connection closed. At least 8192 (hyper's smallest read buffer).
+    pub max_header_bytes: usize,
+    /// Open connections on the public listener; beyond it new connections are closed at once.
+    pub max_connections: usize,
+    /// Open connections on the admin listener (its own cap: health keeps answering when the
+    /// public listener is full).
+    pub admin_max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            admin_listen: "127.0.0.1:9465".into(),
             max_body_bytes: 64 * 1024,
+            header_read_timeout_secs: 5,
+            idle_timeout_secs: 60,
+            max_header_bytes: 16 * 1024,
+            max_connections: 1024,
+            admin_max_connections: 64,
         }
     }
 }
+
+impl HttpConfig {
+    /// The `[http]` invariants (called by [`Config::validate`]); the error names the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if !self.admin_listen.is_empty()
+            && self.admin_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bail!(
+                "http.admin_listen: '{}' is not host:port",
+                self.admin_listen
+            );
+        }
+        if !self.listen.is_empty()
+            && self.listen == self.admin_listen
+            && !self.listen.ends_with(":0")
+        {
+            bail!(
+                "http.admin_listen: '{}' is also http.listen; the two listeners need different ports",
+                self.admin_listen
+            );
+        }
+        if self.header_read_timeout_secs == 0 {
+            bail!("http.header_read_timeout_secs: must be at least 1");
+        }
+        if self.idle_timeout_secs == 0 {
+            bail!("http.idle_timeout_secs: must be at least 1");
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            bail!("http.max_header_bytes: must be at least {MIN_HEADER_BYTES}");
+        }
+        if self.max_connections == 0 {
+            bail!("http.max_connections: must be at least 1");
+        }
+        if self.admin_max_connections == 0 {
+            bail!("http.admin_max_connections: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// hyper's smallest read buffer (it refuses a smaller `max_buf_size`).
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -197,5 +269,37 @@ impl Config {
         }
         with_password(&self.database.url, self.database.password.expose())
             .unwrap_or_else(|| self.database.url.clone())
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::HttpConfig;
+
+    fn err(f: impl FnOnce(&mut HttpConfig)) -> String {
+        let mut c = HttpConfig::default();
+        f(&mut c);
+        format!("{:#}", c.validate().unwrap_err())
+    }
+
+    #[test]
+    fn http_limits_are_validated_and_the_error_names_the_key() {
+        assert!(HttpConfig::default().validate().is_ok());
+        assert!(err(|c| c.admin_listen = "nowhere".into()).starts_with("http.admin_listen:"));
+        assert!(err(|c| c.admin_listen = c.listen.clone()).starts_with("http.admin_listen:"));
+        assert!(err(|c| c.max_header_bytes = 4096).starts_with("http.max_header_bytes:"));
+        assert!(
+            err(|c| c.header_read_timeout_secs = 0).starts_with("http.header_read_timeout_secs:")
+        );
+        assert!(err(|c| c.idle_timeout_secs = 0).starts_with("http.idle_timeout_secs:"));
+        assert!(err(|c| c.max_connections = 0).starts_with("http.max_connections:"));
+        assert!(err(|c| c.admin_max_connections = 0).starts_with("http.admin_max_connections:"));
+        // Both on ephemeral ports (tests) is fine; either may be disabled.
+        let c = HttpConfig {
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            ..HttpConfig::default()
+        };
+        assert!(c.validate().is_ok());
     }
 }

@@ -33,6 +33,7 @@ impl Config {
         {
             bail!("http.listen: '{}' is not host:port", self.http.listen);
         }
+        self.http.validate()?;
         if !(self.worker.broadcast_share > 0.0 && self.worker.broadcast_share <= 1.0) {
             bail!("worker.broadcast_share: must be > 0 and <= 1");
         }

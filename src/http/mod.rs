@@ -1,6 +1,8 @@
-//! The HTTP server: metrics, health, and the platforms' callbacks.
+//! The HTTP servers: the public listener (the platforms' callbacks) and the admin listener
+//! (metrics, health), each with its own limits.
 
 pub mod callback;
+pub mod listener;
 pub mod server;
 pub mod state;
 

@@ -1,4 +1,7 @@
-//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz` (and the platform callbacks).
+//! HTTP endpoints, on two listeners: the public one serves the platforms' callbacks
+//! ([`public_router`]), the admin one `/metrics`, `/healthz`, `/readyz` ([`admin_router`]; future
+//! admin routes go there too). Neither serves the other's routes, so exposing the callbacks to
+//! the internet exposes nothing else.
 
 use std::sync::OnceLock;
 
@@ -10,6 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::listener::{self, Limits};
 use crate::http::state::AppState;
 
 /// The process-wide Prometheus recorder (installed on first use).
@@ -19,12 +23,21 @@ pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public listener's routes: the platforms' callbacks, nothing else.
+pub fn public_router(state: AppState) -> Router {
+    crate::http::callback::routes()
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.cfg.http.max_body_bytes,
+        ))
+        .with_state(state)
+}
+
+/// The admin listener's routes: metrics and health (and, later, the console and job API).
+pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .merge(crate::http::callback::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.http.max_body_bytes,
         ))
@@ -62,29 +75,49 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     (code, body)
 }
 
-/// Bind and return the address plus the serving future (ends on `shutdown`).
-pub async fn serve(
-    listen: &str,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(
+/// A bound listener: its address and the future serving it (ends on shutdown).
+pub type Bound = (
     std::net::SocketAddr,
-    impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-)> {
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'static>>,
+);
+
+/// Bind `http.listen` (the callbacks) with the public limits.
+pub async fn serve_public(state: AppState, shutdown: CancellationToken) -> anyhow::Result<Bound> {
+    let (listen, limits) = (state.cfg.http.listen.clone(), Limits::public(&state.cfg));
+    bind(
+        "http.listen",
+        &listen,
+        public_router(state),
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+/// Bind `http.admin_listen` (metrics, health) with the admin limits.
+pub async fn serve_admin(state: AppState, shutdown: CancellationToken) -> anyhow::Result<Bound> {
     let _ = metrics_handle();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("http.listen: cannot bind {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
-    let app = router(state);
-    let fut = async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| anyhow::anyhow!("http server: {e}"))
-    };
-    Ok((addr, fut))
+    let (listen, limits) = (
+        state.cfg.http.admin_listen.clone(),
+        Limits::admin(&state.cfg),
+    );
+    bind(
+        "http.admin_listen",
+        &listen,
+        admin_router(state),
+        limits,
+        shutdown,
+    )
+    .await
+}
+
+async fn bind(
+    key: &'static str,
+    listen: &str,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Bound> {
+    let (addr, fut) = listener::bind(key, listen, app, limits, shutdown).await?;
+    Ok((addr, Box::pin(fut)))
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::app::Worker;
 use crate::broker::{self, Publisher};
-use crate::config::Config;
+use crate::config::{Config, HttpConfig};
 use crate::tools::fixtures::demo_accounts;
 use crate::tools::simulate;
 
@@ -24,7 +24,9 @@ pub use crate::tools::fixtures::sample_messages;
 pub struct DemoOptions {
     /// Keep the worker and simulator running after the demo (until Ctrl-C).
     pub serve: bool,
-    /// HTTP endpoints of the demo worker (metrics, health); when taken, any free port.
+    /// The demo worker's public listener (callbacks); when taken, any free port. Its admin
+    /// listener (metrics, health) is the config's `http.admin_listen`, also any free port when
+    /// taken.
     pub listen: String,
 }
 
@@ -42,6 +44,12 @@ pub async fn run_demo(
     let base_url = format!("http://{}", listener.local_addr()?);
     cfg.accounts = demo_accounts(&base_url);
     cfg.http.listen = opts.listen.clone();
+    if cfg.http.listen.ends_with(":0")
+        && cfg.http.admin_listen == HttpConfig::default().admin_listen
+    {
+        // An ephemeral public port asks for a throw-away worker (tests): no fixed admin port.
+        cfg.http.admin_listen = "127.0.0.1:0".into();
+    }
     cfg.validate()?;
     let sim = simulate::start(
         cfg.accounts.clone(),
@@ -50,16 +58,12 @@ pub async fn run_demo(
     )
     .await?;
     println!("simulator      {}", sim.base_url());
-    let worker = match Worker::start(cfg.clone()).await {
-        Ok(w) => w,
-        Err(e) if cfg.http.listen == opts.listen && format!("{e:#}").contains("http.listen") => {
-            cfg.http.listen = "127.0.0.1:0".into();
-            Worker::start(cfg.clone()).await?
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(a) = worker.http_addr {
-        println!("worker         metrics http://{a}/metrics, health http://{a}/readyz");
+    let worker = start_worker(&mut cfg).await?;
+    if let Some(a) = worker.public_addr {
+        println!("worker         callbacks http://{a}/callback/...");
+    }
+    if let Some(a) = worker.admin_addr {
+        println!("               metrics http://{a}/metrics, health http://{a}/readyz");
     }
     let conn = broker::connect(&cfg.broker.url, "wxdispatch-demo").await?;
     let publisher = Publisher::new(&conn).await?;
@@ -161,4 +165,27 @@ fn print_outcomes(ids: &[String], rows: &[OutcomeRow]) {
             crate::text::truncate(&error, 60)
         );
     }
+}
+
+/// Start the demo worker; a listener whose port is taken (another worker or demo running)
+/// moves to any free port.
+async fn start_worker(cfg: &mut Config) -> anyhow::Result<Worker> {
+    for _ in 0..2 {
+        match Worker::start(cfg.clone()).await {
+            Ok(w) => return Ok(w),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if msg.contains("http.listen: cannot bind") && !cfg.http.listen.ends_with(":0") {
+                    cfg.http.listen = "127.0.0.1:0".into();
+                } else if msg.contains("http.admin_listen: cannot bind")
+                    && !cfg.http.admin_listen.ends_with(":0")
+                {
+                    cfg.http.admin_listen = "127.0.0.1:0".into();
+                } else {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Worker::start(cfg.clone()).await
 }

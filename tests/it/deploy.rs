@@ -304,7 +304,7 @@ async fn dashboard_and_alerts_query_only_metrics_a_running_worker_exports() {
     // Inbound: a customer message waiting for the first sync_msg.
     sim.customer_message("mkf", "wkKF1", "wmCustomer", "hello");
     let worker = env.start_worker().await;
-    let addr = worker.http_addr.expect("the worker serves /metrics");
+    let addr = worker.admin_addr.expect("the worker serves /metrics");
     let text = |id: &str, to: &str| json!({"job_id": id, "to": to, "message": {"text": id}});
 
     env.publish("mbot", &text("dep-sent", "oUser")).await;
@@ -650,6 +650,7 @@ fn runnable(toml_text: &str, vhost: &str, db: &str, env: &[(String, String)]) ->
     root.insert("database".into(), database.into());
     let mut http = table(&root, "http");
     http.insert("listen".into(), "".into());
+    http.insert("admin_listen".into(), "".into());
     root.insert("http".into(), http.into());
     if let Some(accounts) = root.get_mut("account").and_then(|a| a.as_array_mut()) {
         for a in accounts.iter_mut().filter_map(|a| a.as_table_mut()) {
@@ -862,6 +863,25 @@ fn compose_kubernetes_and_docker_files_agree() {
             .all(|a| a.base_url.as_deref() == Some("http://simulator:9900"))
     );
     assert_eq!(cfg.http.listen, "0.0.0.0:9464");
+    assert_eq!(cfg.http.admin_listen, "0.0.0.0:9465");
+    // Every published port is on the host's loopback: the simulator's unauthenticated admin
+    // API and the worker's admin listener are not reachable from other machines.
+    for (name, s) in services {
+        for p in s["ports"].as_array().into_iter().flatten() {
+            let p = p.as_str().unwrap();
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "compose {name} publishes {p} beyond the host's loopback"
+            );
+        }
+    }
+    let published: Vec<&str> = services["wxdispatch"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(published, ["127.0.0.1:9464:9464", "127.0.0.1:9465:9465"]);
     assert!(cfg.broker.url.contains("@rabbitmq:5672/"));
     assert!(cfg.database.url.contains("@postgres:5432/"));
     assert_eq!(json!(cfg.broker.delivery_limit), lane_limit);
@@ -870,7 +890,8 @@ fn compose_kubernetes_and_docker_files_agree() {
     let prom = yaml("prometheus/prometheus.yml");
     assert_eq!(
         prom["scrape_configs"][0]["static_configs"][0]["targets"],
-        json!(["wxdispatch:9464"])
+        json!(["wxdispatch:9465"]),
+        "Prometheus scrapes the admin listener"
     );
     let rule_file = prom["rule_files"][0].as_str().unwrap();
     let prom_mounts: Vec<&str> = services["prometheus"]["volumes"]
@@ -942,7 +963,29 @@ fn compose_kubernetes_and_docker_files_agree() {
     assert_eq!(c["args"], json!(["run"]));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(c["ports"][0]["containerPort"], 9464);
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            c[probe]["httpGet"]["port"], "admin",
+            "{probe} on the admin listener"
+        );
+    }
+    let container_port = |name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no container port {name}"))["containerPort"]
+            .clone()
+    };
+    assert_eq!(container_port("http"), 9464);
+    assert_eq!(container_port("admin"), 9465);
+    let pod_annotations = &spec["template"]["metadata"]["annotations"];
+    assert_eq!(pod_annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        pod_annotations["prometheus.io/port"], "9465",
+        "Prometheus scrapes each pod's admin port"
+    );
     assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     let mount_of = |volume_kind: &str, name: &str| -> String {
@@ -1016,20 +1059,28 @@ fn compose_kubernetes_and_docker_files_agree() {
     assert_eq!(json!(k8s_cfg.broker.delivery_limit), lane_limit);
     let k8s_raw: toml::Table = toml::from_str(cm_toml).unwrap();
     assert_eq!(k8s_raw["http"]["listen"].as_str(), Some("0.0.0.0:9464"));
+    // In the pod the admin listener binds 0.0.0.0 (probes, Prometheus); the Service hides it.
+    assert_eq!(
+        k8s_raw["http"]["admin_listen"].as_str(),
+        Some("0.0.0.0:9465")
+    );
     assert!(
         pod["terminationGracePeriodSeconds"].as_u64().unwrap() > k8s_cfg.worker.shutdown_grace_secs,
         "the pod is not killed before the worker's own shutdown grace ends"
     );
 
     let service = find_kind(&docs, "Service");
-    assert_eq!(service["spec"]["ports"][0]["port"], 9464);
+    let service_ports = service["spec"]["ports"].as_array().unwrap();
     assert_eq!(
-        service["metadata"]["annotations"]["prometheus.io/scrape"],
-        "true"
+        service_ports.len(),
+        1,
+        "the Service exposes the public port only"
     );
-    assert_eq!(
-        service["metadata"]["annotations"]["prometheus.io/port"],
-        "9464"
+    assert_eq!(service_ports[0]["port"], 9464);
+    assert_eq!(service_ports[0]["targetPort"], "http");
+    assert!(
+        service["metadata"]["annotations"]["prometheus.io/port"].is_null(),
+        "no scrape through the Service: it has no admin port"
     );
     for (k, v) in deployment["spec"]["selector"]["matchLabels"]
         .as_object()
@@ -1066,7 +1117,7 @@ fn compose_kubernetes_and_docker_files_agree() {
             .map(|l| l[name.len()..].trim().to_owned())
             .collect()
     };
-    assert_eq!(instr("EXPOSE "), ["9464"]);
+    assert_eq!(instr("EXPOSE "), ["9464 9465"]);
     assert_eq!(instr("ENTRYPOINT "), [r#"["wxdispatch"]"#]);
     assert_eq!(instr("CMD "), [r#"["run"]"#]);
     assert!(instr("HEALTHCHECK").is_empty());

@@ -25,16 +25,49 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}_{:x}", std::process::id(), r & 0xffff_ffff)
 }
 
+/// Run `rabbitmqctl`. Calls are serialised within the test process (every call boots an
+/// Erlang node, and many at once exhaust the CLI's distribution ports), and a call that
+/// hangs (seen on loaded machines) is killed after a minute and tried again, up to 3 times.
 pub fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl must be installed for the tests");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        let mut child = Command::new("rabbitmqctl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("rabbitmqctl must be installed for the tests");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            match child.try_wait().expect("waiting for rabbitmqctl") {
+                Some(st) => break Some(st),
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        match status {
+            Some(st) if st.success() => return,
+            Some(_) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                // A retried add_vhost whose first, timed-out try got through.
+                if err.contains("already exists") {
+                    return;
+                }
+                last = err;
+            }
+            None => last = "timed out after 60 s".into(),
+        }
+    }
+    panic!("rabbitmqctl {args:?}: {last}");
 }
 
 /// A chatbot account of the fixtures with a token of its own (the token names the bot).
@@ -88,6 +121,7 @@ impl Env {
         cfg.broker.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
         cfg.database.url = format!("postgres://postgres@127.0.0.1:5432/{db}");
         cfg.http.listen = "127.0.0.1:0".into();
+        cfg.http.admin_listen = "127.0.0.1:0".into();
         cfg.accounts = accs;
         cfg.worker.http_timeout_ms = 2_000;
         cfg.worker.shutdown_grace_secs = 5;

@@ -130,7 +130,7 @@ pub(crate) async fn wait_count(env: &Env, sql: &str, n: i64, timeout: Duration) 
 }
 
 pub(crate) fn url(worker: &wxdispatch::app::Worker, path: &str) -> String {
-    format!("http://{}{path}", worker.http_addr.unwrap())
+    format!("http://{}{path}", worker.public_addr.unwrap())
 }
 
 /// The account's callback crypt, built from the test config (as WeCom would hold it).

@@ -75,7 +75,7 @@ async fn wake(env: &Env, w: &Worker, token: &str) {
     let r = reqwest::Client::new()
         .post(format!(
             "http://{}/callback/wecom/kf?{q}",
-            w.http_addr.unwrap()
+            w.public_addr.unwrap()
         ))
         .body(body)
         .send()
@@ -161,7 +161,7 @@ async fn a_chatbot_push_with_nul_is_answered_and_stored_once() {
     let w = env.start_worker().await;
     let a = env.cfg.account("bot").unwrap();
     let crypt = MsgCrypt::new(a.token.expose(), AES_KEY, a.appid.as_deref().unwrap()).unwrap();
-    let url = format!("http://{}/callback/chatbot/bot", w.http_addr.unwrap());
+    let url = format!("http://{}/callback/chatbot/bot", w.public_addr.unwrap());
     let plain = r#"{"msgid": "cm-nul", "msgtype": "text", "openid": "oU1", "content": "x\u0000y", "createtime": 1700000000}"#;
     let client = reqwest::Client::new();
     // The push and the platform's retry (a new ciphertext of the same message).

@@ -10,6 +10,7 @@ mod crash;
 mod demo;
 mod deploy;
 mod harness;
+mod http_limits;
 mod inbound;
 mod inbound_nul;
 mod kf;

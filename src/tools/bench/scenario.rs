@@ -440,7 +440,10 @@ fn render_config(
             "max_connections": base.max_connections,
             "batch_max": base.batch_max,
         },
-        "http": { "listen": format!("127.0.0.1:{}", free_port()?) },
+        "http": {
+            "listen": format!("127.0.0.1:{}", free_port()?),
+            "admin_listen": format!("127.0.0.1:{}", free_port()?),
+        },
         "worker": {
             "concurrency": base.concurrency,
             "shutdown_grace_secs": WORKER_GRACE_SECS,
