@@ -29,6 +29,7 @@ pub const INBOUND_MESSAGES: &str = "wxdispatch_inbound_messages_total";
 pub const SYNC_LAG: &str = "wxdispatch_sync_lag_seconds";
 pub const SEND_FAILURES: &str = "wxdispatch_send_failures_total";
 pub const SYNC_PAGES: &str = "wxdispatch_sync_pages_total";
+pub const HELD_BYTES: &str = "wxdispatch_held_bytes";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,6 +111,10 @@ fn describe() {
     describe_counter!(
         SYNC_PAGES,
         "sync_msg pages requested, by outcome (ok, empty, failed)"
+    );
+    describe_gauge!(
+        HELD_BYTES,
+        "Bytes of job bodies the lanes hold now (at most worker.held_bytes_budget)"
     );
 }
 

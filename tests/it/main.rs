@@ -2,6 +2,7 @@
 //! test) and the project's own platform simulator.
 
 mod broadcast;
+mod byte_budget;
 mod conversation;
 mod core;
 mod crash;
