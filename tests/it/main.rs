@@ -6,6 +6,7 @@ mod byte_budget;
 mod conversation;
 mod core;
 mod crash;
+mod dead_letter_digest;
 mod demo;
 mod deploy;
 mod harness;
