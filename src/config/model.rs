@@ -30,6 +30,11 @@ pub struct BrokerConfig {
     /// lane re-sends after a crash, and what the AMQP client buffers before the lane takes it:
     /// up to `prefetch` bodies per lane, whatever their size (README "Memory bounds").
     pub prefetch: u16,
+    /// Bytes the AMQP client may buffer per lane, counting every delivery at
+    /// `worker.max_body_bytes`: each lane's prefetch becomes at most
+    /// `prefetch_bytes / worker.max_body_bytes` (at least 1). 0 = no cap (only `prefetch`).
+    /// RabbitMQ has no byte prefetch; this is its worst-case equivalent (README "Memory bounds").
+    pub prefetch_bytes: u64,
     /// `x-delivery-limit` on lanes: a message that kills the process this many times is
     /// dead-lettered by the broker instead of crash-looping the lane.
     pub delivery_limit: u32,
@@ -40,6 +45,7 @@ impl Default for BrokerConfig {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 512,
+            prefetch_bytes: 0,
             delivery_limit: 20,
         }
     }

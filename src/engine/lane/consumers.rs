@@ -19,6 +19,7 @@ use tracing::warn;
 use super::ctx::LaneCtx;
 use crate::broker::acks::Acks;
 use crate::broker::{self, Broker};
+use crate::config::Config;
 use crate::engine::budget::{ByteBudget, Held};
 
 /// Prefetch of the bulk (broadcast) queue: enough to keep the broadcast share busy, small
@@ -28,6 +29,18 @@ const BULK_PREFETCH: u16 = 64;
 /// How long a lane waits before trying again to consume after a failure on a live
 /// connection (e.g. its queue was deleted and is being declared again).
 pub(super) const CONSUME_RETRY: Duration = Duration::from_secs(1);
+
+/// `broker.prefetch`, capped by `broker.prefetch_bytes` at `worker.max_body_bytes` per
+/// delivery (at least 1).
+fn effective_prefetch(cfg: &Config) -> u16 {
+    let p = cfg.broker.prefetch;
+    if cfg.broker.prefetch_bytes == 0 {
+        return p;
+    }
+    let per = u64::try_from(cfg.worker.max_body_bytes.max(1)).unwrap_or(u64::MAX);
+    let fit = (cfg.broker.prefetch_bytes / per).max(1);
+    p.min(u16::try_from(fit).unwrap_or(u16::MAX))
+}
 
 /// The lane's AMQP channels and consumers on one broker connection.
 pub(super) struct Consumers {
@@ -45,9 +58,9 @@ pub(super) struct Consumers {
 
 impl Consumers {
     async fn open(ctx: &LaneCtx, conn: &Connection, tag: &str) -> anyhow::Result<Self> {
+        let prefetch = effective_prefetch(&ctx.cfg);
         let amqp = conn.create_channel().await?;
-        amqp.basic_qos(ctx.cfg.broker.prefetch, BasicQosOptions::default())
-            .await?;
+        amqp.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let consumer = amqp
             .basic_consume(
                 broker::lane_queue(&ctx.account.name).as_str().into(),
@@ -58,10 +71,7 @@ impl Consumers {
             .await?;
         let bulk_amqp = conn.create_channel().await?;
         bulk_amqp
-            .basic_qos(
-                ctx.cfg.broker.prefetch.min(BULK_PREFETCH),
-                BasicQosOptions::default(),
-            )
+            .basic_qos(prefetch.min(BULK_PREFETCH), BasicQosOptions::default())
             .await?;
         let bulk = bulk_amqp
             .basic_consume(
@@ -164,5 +174,23 @@ impl Budgeted {
         self.waiting = Some(delivery);
         let held = self.budget.acquire(len).await;
         self.waiting.take().map(|d| Ok((d, held)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::effective_prefetch;
+    use crate::config::Config;
+
+    #[test]
+    fn prefetch_bytes_caps_the_prefetch_at_the_largest_body() {
+        let mut c = Config::default();
+        assert_eq!(effective_prefetch(&c), 512, "no cap by default");
+        c.broker.prefetch_bytes = 64 * 1024 * 1024;
+        assert_eq!(effective_prefetch(&c), 16, "64 MiB of 4 MiB bodies");
+        c.worker.max_body_bytes = 64 * 1024;
+        assert_eq!(effective_prefetch(&c), 512, "never above broker.prefetch");
+        c.broker.prefetch_bytes = 1;
+        assert_eq!(effective_prefetch(&c), 1, "at least one");
     }
 }
