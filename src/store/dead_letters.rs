@@ -1,9 +1,6 @@
 //! The operator's statements on `dead_letters` (and, for a replay, on the dead letters'
 //! `deliveries` rows): list with filters, and the steps of a replay. Recording a dead letter is
-//! the worker's ([`Store::record_dead_letter`], through [`insert`]).
-//!
-//! A body longer than `worker.dead_letter_body_bytes` is recorded as its first bytes, its
-//! size and its sha256 ([`StoredBody`]); the whole body is in the `wxdispatch.dead` queue.
+//! the worker's ([`Store::record_dead_letter`], [`super::dead_letter_body`]).
 //!
 //! What a replay does in which order, and why that is safe, is told in `ops::dlq`; here are
 //! its statements: [`try_replay_lock`], [`reset_for_replay`] (one transaction),
@@ -17,7 +14,7 @@ use serde::Serialize;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres, Row};
 
-use super::{DeadLetter, Store};
+use super::Store;
 
 /// Key of the advisory lock that lets one `dlq replay` run at a time.
 const REPLAY_LOCK: &str = "wxdispatch.dlq.replay";
@@ -107,54 +104,6 @@ fn rows_of(rows: &[sqlx::postgres::PgRow]) -> anyhow::Result<Vec<DeadLetterRow>>
         .map(DeadLetterRow::from_row)
         .collect::<Result<_, _>>()
         .context("reading dead letters")
-}
-
-/// What `dead_letters` keeps of a body: all of it up to `max` bytes, else its first `max`
-/// bytes; and the whole body's size and sha256.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredBody<'a> {
-    pub kept: &'a [u8],
-    pub bytes: i64,
-    /// Lowercase hex.
-    pub sha256: String,
-    pub truncated: bool,
-}
-
-impl<'a> StoredBody<'a> {
-    pub fn of(body: &'a [u8], max: usize) -> Self {
-        use sha2::Digest;
-        let truncated = body.len() > max;
-        Self {
-            kept: &body[..body.len().min(max)],
-            bytes: i64::try_from(body.len()).unwrap_or(i64::MAX),
-            sha256: hex::encode(sha2::Sha256::digest(body)),
-            truncated,
-        }
-    }
-}
-
-/// Record a dead letter, its body cut to `max_body` bytes ([`StoredBody`]).
-pub(super) async fn insert(pool: &PgPool, d: &DeadLetter, max_body: usize) -> anyhow::Result<()> {
-    let body = StoredBody::of(&d.body, max_body);
-    sqlx::query(
-        "INSERT INTO dead_letters (job_id, account, reason, errcode, errmsg, attempts, body,
-                                   body_bytes, body_sha256, body_truncated)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(&d.job_id)
-    .bind(&d.account)
-    .bind(&d.reason)
-    .bind(d.errcode)
-    .bind(&d.errmsg)
-    .bind(d.attempts)
-    .bind(body.kept)
-    .bind(body.bytes)
-    .bind(&body.sha256)
-    .bind(body.truncated)
-    .execute(pool)
-    .await
-    .context("recording a dead letter")?;
-    Ok(())
 }
 
 /// A dead letter's body as `dlq list` shows it.
@@ -264,30 +213,6 @@ pub async fn unreplayed(
     .await
     .context(NOT_MIGRATED_HINT)?;
     rows_of(&rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StoredBody;
-
-    #[test]
-    fn a_body_over_the_limit_keeps_its_first_bytes_and_the_whole_bodys_size_and_digest() {
-        let small = StoredBody::of(b"abc", 3);
-        assert_eq!(
-            (small.kept, small.bytes, small.truncated),
-            (&b"abc"[..], 3, false)
-        );
-        assert_eq!(
-            small.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        let big = StoredBody::of(b"abcd", 3);
-        assert_eq!((big.kept, big.bytes, big.truncated), (&b"abc"[..], 4, true));
-        assert_eq!(
-            big.sha256,
-            "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589"
-        );
-    }
 }
 
 /// Every account that has a dead letter, sorted.

@@ -356,7 +356,7 @@ impl Store {
     /// Remember a dead letter (waits out a database outage like the batched writes).
     pub async fn record_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
         while_unavailable(&self.health, || {
-            super::dead_letters::insert(&self.pool, d, self.dead_letter_body_bytes)
+            super::dead_letter_body::insert(&self.pool, d, self.dead_letter_body_bytes)
         })
         .await
     }
