@@ -45,15 +45,20 @@ impl Worker {
         let http_client = platform::http_client(&cfg)?;
         let mut tasks = JoinSet::new();
         let mut lanes = Vec::new();
+        // One byte budget for all lanes: the worker's memory, not each lane's.
+        let budget = crate::engine::budget::ByteBudget::new(cfg.worker.held_bytes_budget);
         for a in &cfg.accounts {
             let platform = Platform::new(a.clone(), http_client.clone(), store.clone());
-            let ctx = Arc::new(LaneCtx::new(
-                a.clone(),
-                cfg.clone(),
-                platform,
-                store.clone(),
-                publisher.clone(),
-            ));
+            let ctx = Arc::new(
+                LaneCtx::new(
+                    a.clone(),
+                    cfg.clone(),
+                    platform,
+                    store.clone(),
+                    publisher.clone(),
+                )
+                .with_budget(budget.clone()),
+            );
             lanes.push(ctx.clone());
             let broker = broker.clone();
             let sd = shutdown.clone();

@@ -32,6 +32,7 @@ pub const SYNC_PAGES: &str = "wxdispatch_sync_pages_total";
 pub const INBOUND_QUARANTINED: &str = "wxdispatch_inbound_quarantined_total";
 pub const HTTP_CONNECTIONS: &str = "wxdispatch_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "wxdispatch_http_connections_refused_total";
+pub const HELD_BYTES: &str = "wxdispatch_held_bytes";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -122,6 +123,10 @@ fn describe() {
     describe_counter!(
         INBOUND_QUARANTINED,
         "Inbound messages the database refused for their data, kept in inbound_quarantine"
+    );
+    describe_gauge!(
+        HELD_BYTES,
+        "Bytes of job bodies the lanes hold now (at most worker.held_bytes_budget)"
     );
 }
 

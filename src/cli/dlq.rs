@@ -346,6 +346,19 @@ fn write_skipped(out: &mut impl Write, skipped: &[Skipped]) -> std::io::Result<(
     Ok(())
 }
 
+/// `2097152 B sha256:3a7bd3e2360a… truncated`: the whole body's size, the start of its
+/// sha256 (all of it in `--json`), and whether the row keeps only its first bytes.
+fn body_cell(b: &ops::BodyDigest) -> String {
+    let mut s = format!("{} B", b.bytes);
+    if let Some(h) = &b.sha256 {
+        s.push_str(&format!(" sha256:{}…", h.get(..12).unwrap_or(h)));
+    }
+    if b.truncated {
+        s.push_str(" truncated");
+    }
+    s
+}
+
 fn dead_letter_table(rows: &[DeadLetterRow], show_replayed: bool, now: DateTime<Utc>) -> Table {
     let mut header = vec![
         "ID", "JOB ID", "ACCOUNT", "REASON", "ERRCODE", "ATTEMPTS", "AGE",
@@ -353,6 +366,7 @@ fn dead_letter_table(rows: &[DeadLetterRow], show_replayed: bool, now: DateTime<
     if show_replayed {
         header.push("REPLAYED");
     }
+    header.push("BODY");
     header.push("ERROR");
     let mut table = Table::new(header);
     for r in rows {
@@ -371,6 +385,7 @@ fn dead_letter_table(rows: &[DeadLetterRow], show_replayed: bool, now: DateTime<
                     .map_or_else(|| "-".into(), |t| format!("{} ago", format_age(now - t))),
             );
         }
+        c.push(r.body.as_ref().map_or_else(|| "-".into(), body_cell));
         c.push(one_line(r.errmsg.as_deref().unwrap_or(""), ERRMSG_WIDTH));
         table.row(c);
     }

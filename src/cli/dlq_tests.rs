@@ -85,6 +85,7 @@ fn tables_align_and_flatten_errmsgs() {
         attempts: 1,
         dead_at: at("2026-11-21T11:57:00Z"),
         replayed_at: None,
+        body: None,
     };
     let mut out = Vec::new();
     dead_letter_table(
@@ -119,6 +120,7 @@ fn skip_summaries_group_by_reason() {
         attempts: 0,
         dead_at: Utc::now(),
         replayed_at: None,
+        body: None,
     };
     let skipped = vec![
         Skipped {

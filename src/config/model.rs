@@ -26,9 +26,15 @@ pub struct Config {
 pub struct BrokerConfig {
     /// AMQP URL; the vhost is its path (`%2f` = `/`).
     pub url: String,
-    /// Unacked deliveries per lane. Bounds the worker's memory (each held job is at most
-    /// `worker.max_body_bytes`) and how much a lane re-sends after a crash.
+    /// Unacked deliveries per lane (the bulk queue takes at most 64 more). Bounds how much a
+    /// lane re-sends after a crash, and what the AMQP client buffers before the lane takes it:
+    /// up to `prefetch` bodies per lane, whatever their size (README "Memory bounds").
     pub prefetch: u16,
+    /// Bytes the AMQP client may buffer per lane, counting every delivery at
+    /// `worker.max_body_bytes`: each lane's prefetch becomes at most
+    /// `prefetch_bytes / worker.max_body_bytes` (at least 1). 0 = no cap (only `prefetch`).
+    /// RabbitMQ has no byte prefetch; this is its worst-case equivalent (README "Memory bounds").
+    pub prefetch_bytes: u64,
     /// `x-delivery-limit` on lanes: a message that kills the process this many times is
     /// dead-lettered by the broker instead of crash-looping the lane.
     pub delivery_limit: u32,
@@ -39,6 +45,7 @@ impl Default for BrokerConfig {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 512,
+            prefetch_bytes: 256 * 1024 * 1024,
             delivery_limit: 20,
         }
     }
@@ -178,6 +185,15 @@ pub struct WorkerConfig {
     /// Share of an account's rate that broadcast jobs may use (0 < share ≤ 1): the rest stays
     /// free for ordinary replies, so they keep their latency while a broadcast runs.
     pub broadcast_share: f64,
+    /// Bytes of job bodies all lanes together hold at once (parsed, waiting behind their
+    /// conversation, in flight): a delivery takes its body's length before the lane parses
+    /// it and gives it back once settled; while none is left the lanes take no deliveries.
+    /// A body larger than the budget takes it whole, alone. 1 ..= 4 GiB - 1.
+    pub held_bytes_budget: u64,
+    /// A dead letter's body longer than this is recorded in `dead_letters` as its first
+    /// `dead_letter_body_bytes` bytes, its size and its sha256 (`body_truncated`); the whole
+    /// body is in the `wxdispatch.dead` queue. Such a row is not replayed by `dlq replay`.
+    pub dead_letter_body_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -190,6 +206,8 @@ impl Default for WorkerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             gate_cache_secs: 30,
             broadcast_share: 0.8,
+            held_bytes_budget: 64 * 1024 * 1024,
+            dead_letter_body_bytes: 64 * 1024,
         }
     }
 }

@@ -40,6 +40,9 @@ impl Config {
         if self.worker.concurrency == 0 {
             bail!("worker.concurrency: must be at least 1");
         }
+        if !(1..=u64::from(u32::MAX)).contains(&self.worker.held_bytes_budget) {
+            bail!("worker.held_bytes_budget: must be 1 ..= 4294967295 bytes");
+        }
         if self.retry.tiers_secs.is_empty() || self.retry.tiers_secs.contains(&0) {
             bail!("retry.tiers_secs: needs at least one tier, each > 0 seconds");
         }

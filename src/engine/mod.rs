@@ -2,6 +2,7 @@
 //! consumer. The only layer that combines the platform clients, the store and the broker.
 
 pub mod broadcast;
+pub mod budget;
 pub mod dead_letter;
 pub mod inbound;
 pub mod lane;

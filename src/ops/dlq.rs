@@ -42,7 +42,7 @@ use crate::config::{AccountConfig, Config};
 use crate::store::dead_letters::{self, Db, Reset};
 use crate::store::{self, Status};
 
-pub use crate::store::dead_letters::{DeadLetterFilter as Filter, DeadLetterRow};
+pub use crate::store::dead_letters::{BodyDigest, DeadLetterFilter as Filter, DeadLetterRow};
 
 /// Why a dead letter is not replayed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,6 +61,10 @@ pub enum Skip {
     DuplicateJobId,
     /// Replayed meanwhile, or deleted.
     Gone,
+    /// The row keeps only the first bytes of the body (it was longer than
+    /// `worker.dead_letter_body_bytes`): never published as if it were the job. The whole
+    /// body is in the `wxdispatch.dead` queue.
+    Truncated { bytes: i64 },
 }
 
 impl fmt::Display for Skip {
@@ -74,6 +78,10 @@ impl fmt::Display for Skip {
                 f.write_str("a newer dead letter of the same job is replayed instead")
             }
             Skip::Gone => f.write_str("replayed or deleted meanwhile"),
+            Skip::Truncated { bytes } => write!(
+                f,
+                "the row keeps only the first bytes of the {bytes}-byte body; the whole body is in the wxdispatch.dead queue (its sha256 is in `dlq list --json`)"
+            ),
         }
     }
 }
@@ -164,7 +172,8 @@ pub async fn list_dead_letters(
     include_replayed: bool,
     limit: Option<i64>,
 ) -> anyhow::Result<Vec<DeadLetterRow>> {
-    dead_letters::list(db, filter, include_replayed, limit).await
+    let rows = dead_letters::list(db, filter, include_replayed, limit).await?;
+    dead_letters::with_body_digests(db, rows).await
 }
 
 /// When `filter` names an account or reason that no dead letter has, say so.
@@ -200,6 +209,7 @@ pub async fn plan_replay(
     limit: Option<i64>,
 ) -> anyhow::Result<ReplayPlan> {
     let rows = dead_letters::unreplayed(db, filter, limit).await?;
+    let rows = dead_letters::with_body_digests(db, rows).await?;
     let jobs: Vec<(&str, &str)> = rows
         .iter()
         .filter_map(|r| Some((r.account.as_str(), r.job_id.as_deref()?)))
@@ -231,6 +241,9 @@ fn decide(
             Some(_) if !configured(&r.account) => {
                 Some(Skip::AccountNotConfigured(r.account.clone()))
             }
+            Some(_) if r.body.as_ref().is_some_and(|b| b.truncated) => Some(Skip::Truncated {
+                bytes: r.body.as_ref().map_or(0, |b| b.bytes),
+            }),
             Some(j) if newest.get(&(r.account.as_str(), j)) != Some(&r.id) => {
                 Some(Skip::DuplicateJobId)
             }
@@ -439,6 +452,7 @@ mod tests {
             attempts: 1,
             dead_at: Utc::now(),
             replayed_at: None,
+            body: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The operator's statements on `dead_letters` (and, for a replay, on the dead letters'
 //! `deliveries` rows): list with filters, and the steps of a replay. Recording a dead letter is
-//! the worker's ([`Store::record_dead_letter`]).
+//! the worker's ([`Store::record_dead_letter`], [`super::dead_letter_body`]).
 //!
 //! What a replay does in which order, and why that is safe, is told in `ops::dlq`; here are
 //! its statements: [`try_replay_lock`], [`reset_for_replay`] (one transaction),
@@ -77,6 +77,9 @@ pub struct DeadLetterRow {
     pub attempts: i32,
     pub dead_at: DateTime<Utc>,
     pub replayed_at: Option<DateTime<Utc>>,
+    /// The body's size and digest, when read ([`body_digests`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyDigest>,
 }
 
 impl DeadLetterRow {
@@ -91,6 +94,7 @@ impl DeadLetterRow {
             attempts: r.try_get("attempts")?,
             dead_at: r.try_get("dead_at")?,
             replayed_at: r.try_get("replayed_at")?,
+            body: None,
         })
     }
 }
@@ -100,6 +104,56 @@ fn rows_of(rows: &[sqlx::postgres::PgRow]) -> anyhow::Result<Vec<DeadLetterRow>>
         .map(DeadLetterRow::from_row)
         .collect::<Result<_, _>>()
         .context("reading dead letters")
+}
+
+/// A dead letter's body as `dlq list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BodyDigest {
+    /// The whole body's size.
+    pub bytes: i64,
+    /// The whole body's sha256, lowercase hex (`None` for a row recorded without one).
+    pub sha256: Option<String>,
+    /// Only the first bytes are in the row; the whole body is in the `wxdispatch.dead` queue.
+    pub truncated: bool,
+}
+
+/// The body digests of these dead letters, by id.
+pub async fn body_digests(db: &impl Db, ids: &[i64]) -> anyhow::Result<HashMap<i64, BodyDigest>> {
+    sqlx::query(
+        "SELECT id, coalesce(body_bytes, octet_length(body)::bigint) AS bytes, body_sha256,
+                body_truncated
+         FROM dead_letters WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(db.pg())
+    .await
+    .context(NOT_MIGRATED_HINT)?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("id")?,
+            BodyDigest {
+                bytes: r.try_get("bytes")?,
+                sha256: r.try_get("body_sha256")?,
+                truncated: r.try_get("body_truncated")?,
+            },
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()
+    .context("reading the dead letters' body digests")
+}
+
+/// Fill in `rows`' body digests.
+pub async fn with_body_digests(
+    db: &impl Db,
+    mut rows: Vec<DeadLetterRow>,
+) -> anyhow::Result<Vec<DeadLetterRow>> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut digests = body_digests(db, &ids).await?;
+    for r in &mut rows {
+        r.body = digests.remove(&r.id);
+    }
+    Ok(rows)
 }
 
 /// Dead letters matching `filter`, newest first, at most `limit` (all when `None`).

@@ -165,24 +165,6 @@ pub struct Conversation {
     pub servicer_userid: Option<String>,
 }
 
-pub(super) async fn insert_dead_letter(pool: &PgPool, d: &DeadLetter) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO dead_letters (job_id, account, reason, errcode, errmsg, attempts, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(&d.job_id)
-    .bind(&d.account)
-    .bind(&d.reason)
-    .bind(d.errcode)
-    .bind(&d.errmsg)
-    .bind(d.attempts)
-    .bind(&d.body)
-    .execute(pool)
-    .await
-    .context("recording a dead letter")?;
-    Ok(())
-}
-
 // ---- what `wxdispatch status` reads ----
 
 /// The delivery rows of a job id: the one of `account`, or (`None`) those of every account

@@ -9,6 +9,7 @@
 
 pub mod batcher;
 pub mod broadcasts;
+pub mod dead_letter_body;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod inbound;

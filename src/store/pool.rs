@@ -76,6 +76,8 @@ pub struct Store {
     pub(super) states: Batcher<ServiceStateRow, ()>,
     pub(super) health: Arc<Health>,
     pub stats: Arc<BatchStats>,
+    /// `worker.dead_letter_body_bytes`: the longest body a dead letter's row keeps whole.
+    pub(super) dead_letter_body_bytes: usize,
 }
 
 /// True when `e` means "the database cannot be reached right now" (as opposed to a statement
@@ -254,7 +256,9 @@ impl Store {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
         let pool = connect_pool(config).await?;
         migrate(&pool).await?;
-        Ok(Self::with_pool(pool, config.database.batch_max))
+        let mut store = Self::with_pool(pool, config.database.batch_max);
+        store.dead_letter_body_bytes = config.worker.dead_letter_body_bytes;
+        Ok(store)
     }
 
     pub fn with_pool(pool: PgPool, batch_max: usize) -> Self {
@@ -287,6 +291,7 @@ impl Store {
             states,
             health,
             stats,
+            dead_letter_body_bytes: crate::config::WorkerConfig::default().dead_letter_body_bytes,
         }
     }
 
@@ -351,7 +356,7 @@ impl Store {
     /// Remember a dead letter (waits out a database outage like the batched writes).
     pub async fn record_dead_letter(&self, d: &DeadLetter) -> anyhow::Result<()> {
         while_unavailable(&self.health, || {
-            deliveries::insert_dead_letter(&self.pool, d)
+            super::dead_letter_body::insert(&self.pool, d, self.dead_letter_body_bytes)
         })
         .await
     }

@@ -4,9 +4,11 @@
 mod account_key;
 mod broadcast;
 mod callback_security;
+mod byte_budget;
 mod conversation;
 mod core;
 mod crash;
+mod dead_letter_digest;
 mod demo;
 mod deploy;
 mod harness;

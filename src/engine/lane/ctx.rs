@@ -13,6 +13,7 @@ use super::pause::PauseGate;
 use crate::broker::Publisher;
 use crate::config::{AccountConfig, Config, RetryConfig};
 use crate::domain::job::Job;
+use crate::engine::budget::ByteBudget;
 use crate::platform::Platform;
 use crate::policy::retry::RetrySchedule;
 use crate::store::{DeliveryKey, Status, Store};
@@ -37,6 +38,8 @@ pub struct LaneCtx {
     pub parked: Parked,
     /// Human-takeover state per conversation (see [`Gates`]).
     pub gates: Gates,
+    /// The worker's byte budget, shared by its lanes ([`LaneCtx::with_budget`]).
+    pub budget: Arc<ByteBudget>,
     /// `config.retry` as the retry policy's numbers, read once.
     pub(super) retry: RetrySchedule,
     /// The lane's hot-path metric handles, registered once (a labelled `counter!` call
@@ -106,6 +109,7 @@ impl LaneCtx {
         });
         let pause = PauseGate::new(&account.name, &cfg.retry);
         let m = LaneMetrics::new(&account);
+        let cfg_budget = cfg.worker.held_bytes_budget;
         Self {
             m,
             retry: retry_schedule(&cfg.retry),
@@ -120,7 +124,14 @@ impl LaneCtx {
             pause,
             parked: Parked::default(),
             gates: Gates::default(),
+            budget: ByteBudget::new(cfg_budget),
         }
+    }
+
+    /// Share `budget` (the worker's, one for all its lanes) instead of a budget of its own.
+    pub fn with_budget(mut self, budget: Arc<ByteBudget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The identity of `job`'s `deliveries` row.

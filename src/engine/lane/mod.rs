@@ -5,7 +5,8 @@
 //! number of workers). Deliveries are grouped by *conversation* (recipient, and open_kfid for
 //! WeCom): one conversation's jobs run one after the other in delivery order, different
 //! conversations run concurrently up to `worker.concurrency`. Prefetch bounds how many
-//! deliveries are held, so memory does not grow with the backlog.
+//! deliveries are held, so memory does not grow with the backlog; the worker's byte budget
+//! ([`crate::engine::budget`]) bounds how many bytes of them the lanes take in hand.
 //!
 //! One job = [`process`] → an [`Outcome`]; `finish` records the outcome in Postgres and only
 //! then acks (or dead-letters, then records, then acks). A panic inside [`process`] is caught

@@ -9,6 +9,7 @@ use lapin::message::Delivery;
 
 use crate::broker::acks::Acks;
 use crate::domain::job::{Job, JobError};
+use crate::engine::budget::Held;
 
 /// Before a message is handed back to the broker (database unreachable), wait this long so
 /// a persistent outage does not become a hot redelivery loop.
@@ -22,6 +23,8 @@ pub(super) struct Pending {
     pub(super) job: Result<Job, JobError>,
     /// From the bulk queue (a broadcast's recipient): rate-limited to the broadcast share.
     pub(super) bulk: bool,
+    /// Its body's share of the worker's byte budget, given back when the delivery is dropped.
+    pub(super) _held: Held,
 }
 
 /// Conversation key: jobs with the same key are processed strictly in order.

@@ -1,4 +1,4 @@
-//! The lane's consumer loop ([`run`]): take deliveries (prefetch-bounded) while the database
+//! The lane's consumer loop ([`run`]): take deliveries (prefetch- and byte-budget-bounded) while the database
 //! is up, queue each behind its conversation, run one job per conversation at a time up to
 //! `worker.concurrency`, and on shutdown give back what did not finish.
 
@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use tokio::sync::{Semaphore, mpsc};
@@ -24,6 +24,7 @@ use crate::broker::acks::Acks;
 use crate::broker::{self, Broker};
 use crate::domain::job::{self, JobKind};
 use crate::domain::reason::Reason;
+use crate::engine::budget::Held;
 use crate::policy::outcome::Outcome;
 use crate::telemetry as t;
 
@@ -147,12 +148,12 @@ pub async fn run(
                     // Another process may have become the active consumer meanwhile.
                     active = false;
                 }
-                Some(Ok(delivery)) => {
+                Some(Ok((delivery, held))) => {
                     if !active {
                         active = true;
                         on_activation(&ctx);
                     }
-                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, &cons.acks, false) {
+                    if let Some((key, p)) = enqueue(&ctx, &mut busy, (delivery, held), &cons.acks, false) {
                         spawn(key, p);
                     }
                 }
@@ -174,8 +175,8 @@ pub async fn run(
                         tokio::time::sleep(CONSUME_RETRY).await;
                     }
                 }
-                Some(Ok(delivery)) => {
-                    if let Some((key, p)) = enqueue(&ctx, &mut busy, delivery, &cons.bulk_acks, true) {
+                Some(Ok((delivery, held))) => {
+                    if let Some((key, p)) = enqueue(&ctx, &mut busy, (delivery, held), &cons.bulk_acks, true) {
                         spawn(key, p);
                     }
                 }
@@ -229,7 +230,7 @@ fn spawn_broadcast_refresher(
 fn enqueue(
     ctx: &LaneCtx,
     busy: &mut HashMap<String, VecDeque<Pending>>,
-    delivery: Delivery,
+    (delivery, held): (Delivery, Held),
     acks: &Arc<Acks>,
     bulk: bool,
 ) -> Option<(String, Pending)> {
@@ -251,6 +252,7 @@ fn enqueue(
         acks: acks.clone(),
         job,
         bulk,
+        _held: held,
     };
     let key = conversation_key(&p);
     match busy.get_mut(&key) {
