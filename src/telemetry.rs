@@ -29,6 +29,7 @@ pub const INBOUND_MESSAGES: &str = "wxdispatch_inbound_messages_total";
 pub const SYNC_LAG: &str = "wxdispatch_sync_lag_seconds";
 pub const SEND_FAILURES: &str = "wxdispatch_send_failures_total";
 pub const SYNC_PAGES: &str = "wxdispatch_sync_pages_total";
+pub const WRITES_HELD: &str = "wxdispatch_outcome_writes_held";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,6 +51,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(JOBS_CONSUMED, "Jobs taken from the lanes");
+    describe_gauge!(
+        WRITES_HELD,
+        "Writes the database refused, held and retried (lanes take no new jobs meanwhile)"
+    );
     describe_counter!(
         DELIVERIES,
         "Jobs finished, by outcome (sent, dead, suppressed, expired, duplicate)"

@@ -3,6 +3,7 @@
 
 pub mod broadcast;
 pub mod dead_letter;
+pub mod hold;
 pub mod inbound;
 pub mod lane;
 pub mod unroutable;

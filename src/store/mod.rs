@@ -11,6 +11,7 @@ pub mod batcher;
 pub mod broadcasts;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod held;
 pub mod inbound;
 pub mod parked;
 pub mod pool;

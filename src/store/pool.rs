@@ -25,6 +25,7 @@ use super::deliveries::{
     self, Claim, ConvState, Conversation, DeadLetter, Delivery, DeliveryEvent, DeliveryKey,
     Outcome, ServiceStateRow, claim_batch, outcome_batch, state_batch,
 };
+use super::held::WriteHold;
 use crate::config::Config;
 
 /// How long a write waits for an unreachable database before failing to its caller. The
@@ -75,6 +76,8 @@ pub struct Store {
     pub(super) outcomes: Batcher<Outcome, ()>,
     pub(super) states: Batcher<ServiceStateRow, ()>,
     pub(super) health: Arc<Health>,
+    /// Writes the database refused, held by the engine until it accepts them.
+    pub(super) held: Arc<WriteHold>,
     pub stats: Arc<BatchStats>,
 }
 
@@ -286,6 +289,7 @@ impl Store {
             outcomes,
             states,
             health,
+            held: Arc::default(),
             stats,
         }
     }
@@ -297,6 +301,17 @@ impl Store {
 
     pub fn is_healthy(&self) -> bool {
         *self.health.up.borrow()
+    }
+
+    /// The writes held because the database refused them (see [`super::held`]).
+    pub fn write_hold(&self) -> &WriteHold {
+        &self.held
+    }
+
+    /// `true` while a write the database refused is held and retried: the lanes take no new
+    /// jobs and `/readyz` answers 503.
+    pub fn writes_failing(&self) -> bool {
+        self.held.count() > 0
     }
 
     /// Ping every [`PROBE_INTERVAL`] until the database answers (returns at once when it is

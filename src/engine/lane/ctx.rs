@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
 
 use super::gate_cache::Gates;
 use super::parked::Parked;
@@ -13,6 +14,7 @@ use super::pause::PauseGate;
 use crate::broker::Publisher;
 use crate::config::{AccountConfig, Config, RetryConfig};
 use crate::domain::job::Job;
+use crate::engine::hold::HoldCtx;
 use crate::platform::Platform;
 use crate::policy::retry::RetrySchedule;
 use crate::store::{DeliveryKey, Status, Store};
@@ -39,6 +41,9 @@ pub struct LaneCtx {
     pub gates: Gates,
     /// `config.retry` as the retry policy's numbers, read once.
     pub(super) retry: RetrySchedule,
+    /// Fires when the lane shuts down (linked to `run`'s shutdown token): a held write is then
+    /// retried for the shutdown grace only (see [`crate::engine::hold`]).
+    pub(super) stopping: CancellationToken,
     /// The lane's hot-path metric handles, registered once (a labelled `counter!` call
     /// builds and hashes its key on every use).
     pub(super) m: LaneMetrics,
@@ -120,6 +125,18 @@ impl LaneCtx {
             pause,
             parked: Parked::default(),
             gates: Gates::default(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// How a write of `job_id` that the database refused is held ([`crate::engine::hold`]).
+    pub(super) fn hold<'a>(&'a self, job_id: &'a str) -> HoldCtx<'a> {
+        HoldCtx {
+            store: &self.store,
+            account: &self.account.name,
+            job_id,
+            stop: &self.stopping,
+            grace: Duration::from_secs(self.cfg.worker.shutdown_grace_secs),
         }
     }
 
