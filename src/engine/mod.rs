@@ -3,6 +3,7 @@
 
 pub mod broadcast;
 pub mod dead_letter;
+pub mod dead_recorder;
 pub mod hold;
 pub mod inbound;
 pub mod lane;
