@@ -8,6 +8,7 @@ mod crash;
 mod demo;
 mod deploy;
 mod harness;
+mod hold_writes;
 mod inbound;
 mod kf;
 mod ops;
