@@ -85,6 +85,9 @@ impl Worker {
                 crate::engine::unroutable::run(&broker, store, publisher, sd).await
             });
         }
+        // What the broker dead-letters itself (delivery limit) is recorded too.
+        let (c, b, st, sd) = (cfg.clone(), broker.clone(), store.clone(), shutdown.clone());
+        tasks.spawn(crate::engine::dead_recorder::run(c, b, st, sd));
         if let Some(handle) = metrics {
             tasks.spawn(metrics_upkeep(handle, shutdown.clone()));
         }

@@ -33,6 +33,7 @@ pub const INBOUND_QUARANTINED: &str = "wxdispatch_inbound_quarantined_total";
 pub const HTTP_CONNECTIONS: &str = "wxdispatch_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "wxdispatch_http_connections_refused_total";
 pub const HELD_BYTES: &str = "wxdispatch_held_bytes";
+pub const WRITES_HELD: &str = "wxdispatch_outcome_writes_held";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -54,6 +55,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(JOBS_CONSUMED, "Jobs taken from the lanes");
+    describe_gauge!(
+        WRITES_HELD,
+        "Writes the database refused, held and retried (lanes take no new jobs meanwhile)"
+    );
     describe_counter!(
         DELIVERIES,
         "Jobs finished, by outcome (sent, dead, suppressed, expired, duplicate)"

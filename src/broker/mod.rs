@@ -14,5 +14,6 @@ pub use headers::{
 };
 pub use publisher::Publisher;
 pub use topology::{
-    DEAD, EXCHANGE, INBOUND, UNROUTABLE, bulk_queue, declare_topology, lane_queue, retry_tier,
+    DEAD, DEAD_RECORDER, EXCHANGE, INBOUND, UNROUTABLE, bulk_queue, declare_topology, lane_queue,
+    retry_tier,
 };

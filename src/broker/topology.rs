@@ -8,6 +8,8 @@
 //!   │                                      DLX wxdispatch.dead (the broker's own backstop)
 //!   └─ (no match) ─▶ wxdispatch.unroutable (fanout) ─▶ wxdispatch.unroutable (quorum)
 //! wxdispatch.dead (fanout) ─▶ wxdispatch.dead (quorum)
+//!                          └▶ wxdispatch.dead.recorder (quorum): the worker records what the
+//!                             broker dead-lettered itself (delivery limit) in `dead_letters`
 //! wxdispatch.inbound (topic)               <account>.<msgtype>
 //! wxdispatch.retry.<N>s (fanout) ─▶ wxdispatch.retry.<N>s  quorum, TTL N s, DLX wxdispatch:
 //!                                    a parked job returns to its lane after N seconds
@@ -26,6 +28,11 @@ pub const EXCHANGE: &str = "wxdispatch";
 pub const UNROUTABLE: &str = "wxdispatch.unroutable";
 /// Dead letters (fanout exchange and queue), with the [`super::headers`] of contract §3.
 pub const DEAD: &str = "wxdispatch.dead";
+/// A second queue on the [`DEAD`] fanout, consumed by the workers: the dead letters the broker
+/// makes itself (a lane's `x-delivery-limit`, no wxdispatch reason header) are recorded from
+/// it. Beside `wxdispatch.dead` rather than instead of it: the lanes' queue arguments stay as
+/// they are (changing them fails running deployments with PRECONDITION_FAILED).
+pub const DEAD_RECORDER: &str = "wxdispatch.dead.recorder";
 /// Inbound customer messages (topic), routing key `<account>.<msgtype>`.
 pub const INBOUND: &str = "wxdispatch.inbound";
 
@@ -157,6 +164,8 @@ pub async fn declare_topology(conn: &Connection, cfg: &Config) -> anyhow::Result
     bind(&ch, UNROUTABLE, UNROUTABLE, "").await?;
     queue(&ch, DEAD, quorum_args()).await?;
     bind(&ch, DEAD, DEAD, "").await?;
+    queue(&ch, DEAD_RECORDER, quorum_args()).await?;
+    bind(&ch, DEAD_RECORDER, DEAD, "").await?;
     for &secs in &cfg.retry.tiers_secs {
         let name = retry_tier(secs);
         exchange(&ch, &name, ExchangeKind::Fanout, FieldTable::default()).await?;

@@ -114,6 +114,9 @@ reasons! {
     InternalError = "internal_error",
     /// The message's routing key names no configured account.
     UnknownAccount = "unknown_account",
+    /// The broker dead-lettered the message itself (the lane's `x-delivery-limit`, or any
+    /// other dead-lettering of the broker's: it carries `x-death` and no wxdispatch reason).
+    DeliveryLimit = "delivery_limit",
 }
 
 impl Reason {
@@ -208,10 +211,11 @@ mod tests {
     /// The words are stored in rows and used by dashboards: pinned.
     #[test]
     fn words_are_pinned() {
-        assert_eq!(Reason::ALL.len(), 34);
+        assert_eq!(Reason::ALL.len(), 35);
         assert_eq!(Reason::ConfigError.as_str(), "config_error");
         assert_eq!(Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert_eq!(Reason::UnknownAccount.as_str(), "unknown_account");
+        assert_eq!(Reason::DeliveryLimit.as_str(), "delivery_limit");
         assert_eq!(Reason::InvalidJson.as_str(), "invalid_json");
     }
 }

@@ -4,6 +4,8 @@
 pub mod broadcast;
 pub mod budget;
 pub mod dead_letter;
+pub mod dead_recorder;
+pub mod hold;
 pub mod inbound;
 pub mod lane;
 pub mod unroutable;

@@ -61,7 +61,8 @@ async fn metrics() -> impl IntoResponse {
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let broker = s.broker.connected();
-    let db = s.store.ping().await;
+    // A database that refuses writes (held and retried by the lanes) is not ready either.
+    let db = s.store.ping().await && !s.store.writes_failing();
     let body = format!(
         "broker: {}\ndatabase: {}\n",
         if broker { "ok" } else { "down" },

@@ -12,6 +12,7 @@ pub mod broadcasts;
 pub mod dead_letter_body;
 pub mod dead_letters;
 pub mod deliveries;
+pub mod held;
 pub mod inbound;
 pub mod parked;
 pub mod pool;

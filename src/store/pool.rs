@@ -25,6 +25,7 @@ use super::deliveries::{
     self, Claim, ConvState, Conversation, DeadLetter, Delivery, DeliveryEvent, DeliveryKey,
     Outcome, ServiceStateRow, claim_batch, outcome_batch, state_batch,
 };
+use super::held::WriteHold;
 use crate::config::Config;
 
 /// How long a write waits for an unreachable database before failing to its caller. The
@@ -75,6 +76,8 @@ pub struct Store {
     pub(super) outcomes: Batcher<Outcome, ()>,
     pub(super) states: Batcher<ServiceStateRow, ()>,
     pub(super) health: Arc<Health>,
+    /// Writes the database refused, held by the engine until it accepts them.
+    pub(super) held: Arc<WriteHold>,
     pub stats: Arc<BatchStats>,
     /// `worker.dead_letter_body_bytes`: the longest body a dead letter's row keeps whole.
     pub(super) dead_letter_body_bytes: usize,
@@ -290,6 +293,7 @@ impl Store {
             outcomes,
             states,
             health,
+            held: Arc::default(),
             stats,
             dead_letter_body_bytes: crate::config::WorkerConfig::default().dead_letter_body_bytes,
         }
@@ -302,6 +306,17 @@ impl Store {
 
     pub fn is_healthy(&self) -> bool {
         *self.health.up.borrow()
+    }
+
+    /// The writes held because the database refused them (see [`super::held`]).
+    pub fn write_hold(&self) -> &WriteHold {
+        &self.held
+    }
+
+    /// `true` while a write the database refused is held and retried: the lanes take no new
+    /// jobs and `/readyz` answers 503.
+    pub fn writes_failing(&self) -> bool {
+        self.held.count() > 0
     }
 
     /// Ping every [`PROBE_INTERVAL`] until the database answers (returns at once when it is

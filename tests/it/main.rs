@@ -13,6 +13,7 @@ mod demo;
 mod deploy;
 mod harness;
 mod http_limits;
+mod hold_writes;
 mod inbound;
 mod inbound_nul;
 mod kf;

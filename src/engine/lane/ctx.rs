@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
 
 use super::gate_cache::Gates;
 use super::parked::Parked;
@@ -14,6 +15,7 @@ use crate::broker::Publisher;
 use crate::config::{AccountConfig, Config, RetryConfig};
 use crate::domain::job::Job;
 use crate::engine::budget::ByteBudget;
+use crate::engine::hold::HoldCtx;
 use crate::platform::Platform;
 use crate::policy::retry::RetrySchedule;
 use crate::store::{DeliveryKey, Status, Store};
@@ -42,6 +44,9 @@ pub struct LaneCtx {
     pub budget: Arc<ByteBudget>,
     /// `config.retry` as the retry policy's numbers, read once.
     pub(super) retry: RetrySchedule,
+    /// Fires when the lane shuts down (linked to `run`'s shutdown token): a held write is then
+    /// retried for the shutdown grace only (see [`crate::engine::hold`]).
+    pub(super) stopping: CancellationToken,
     /// The lane's hot-path metric handles, registered once (a labelled `counter!` call
     /// builds and hashes its key on every use).
     pub(super) m: LaneMetrics,
@@ -125,6 +130,18 @@ impl LaneCtx {
             parked: Parked::default(),
             gates: Gates::default(),
             budget: ByteBudget::new(cfg_budget),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// How a write of `job_id` that the database refused is held ([`crate::engine::hold`]).
+    pub(super) fn hold<'a>(&'a self, job_id: &'a str) -> HoldCtx<'a> {
+        HoldCtx {
+            store: &self.store,
+            account: &self.account.name,
+            job_id,
+            stop: &self.stopping,
+            grace: Duration::from_secs(self.cfg.worker.shutdown_grace_secs),
         }
     }
 

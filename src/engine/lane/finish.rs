@@ -1,6 +1,10 @@
 //! Record a job's outcome, then ack. Dead letters are published (confirmed) before the record,
 //! so a crash in between can only duplicate a dead letter, never lose one; a parked job is
 //! recorded, then handed to its delay tier, then acked.
+//!
+//! A record the database refuses is never answered by handing the message back (it would be
+//! redelivered and sent again): it is held and retried ([`crate::engine::hold`]) until the
+//! database accepts it; only at shutdown, after the grace period, is the message left unacked.
 
 use lapin::message::Delivery;
 use tracing::warn;
@@ -11,6 +15,7 @@ use super::parked::H_PARKS;
 use crate::broker::{self, acks::Acks};
 use crate::domain::job::Job;
 use crate::engine::dead_letter::{self, Failed};
+use crate::engine::hold::hold_until_written;
 use crate::policy::outcome::{Outcome, Row, RowStatus};
 use crate::store::{DeadLetter, DeliveryKey, Status};
 use crate::telemetry as t;
@@ -56,7 +61,7 @@ fn delivery_row(
     }
 }
 
-/// Record the outcome, then ack (or hand the message back when the record failed).
+/// Record the outcome (holding it while the database refuses it), then ack.
 pub(super) async fn finish(
     ctx: &LaneCtx,
     delivery: &Delivery,
@@ -70,9 +75,13 @@ pub(super) async fn finish(
         Outcome::Dead { .. } => {
             // The rare branches' futures are boxed: the common path (a send recorded and
             // acked) then does not carry and move their state.
-            if !Box::pin(dead_letter(ctx, delivery, job_id, &outcome)).await {
-                requeue(delivery, acks).await;
-                return;
+            match Box::pin(dead_letter(ctx, delivery, job_id, &outcome)).await {
+                Settle::Go => {}
+                Settle::Requeue => {
+                    requeue(delivery, acks).await;
+                    return;
+                }
+                Settle::LeaveUnacked => return,
             }
             // A job without an id has no row to write.
             if job_id.is_none() {
@@ -106,10 +115,15 @@ pub(super) async fn finish(
     };
     let row = delivery_row(ctx, job, job_id, row);
     let status = row.status;
-    if let Err(e) = ctx.store.record(row).await {
-        warn!(account = %name, error = %e, "outcome not recorded; message goes back to the queue");
-        requeue(delivery, acks).await;
-        return;
+    if let Err(e) = ctx.store.record(row.clone()).await {
+        let id = row.key.job_id.clone();
+        // Never handed back: the platform has answered (or the job ended here).
+        let held = hold_until_written(ctx.hold(&id), "outcome", e, || {
+            ctx.store.record(row.clone())
+        });
+        if Box::pin(held).await.is_err() {
+            return;
+        }
     }
     if status == Status::Sent {
         ctx.m.sent.increment(1);
@@ -129,23 +143,38 @@ async fn settle_after_record(ctx: &LaneCtx, delivery: &Delivery, acks: &Acks, jo
             .release(&ctx.store, name, &conversation_of(j), &j.job_id)
             .await
     {
-        warn!(account = %name, error = %format!("{e:#}"), "parked job not released; message goes back to the queue");
-        requeue(delivery, acks).await;
-        return;
+        // Released in memory already; the row is what is retried.
+        let held = hold_until_written(ctx.hold(&j.job_id), "parked job release", e, || {
+            ctx.store.unpark_job(name, &j.job_id)
+        });
+        if Box::pin(held).await.is_err() {
+            return;
+        }
     }
     // Acked with others shortly; if the channel dies first, the broker redelivers and the
     // claim dedupes.
     acks.settled(delivery.delivery_tag, &delivery.acker);
 }
 
-/// Publish and record a dead letter ([`crate::engine::dead_letter`]); `false` when the
-/// message must go back to the queue.
+/// What follows a step of [`finish`] that may fail.
+enum Settle {
+    /// Done: go on.
+    Go,
+    /// Nothing happened (the broker refused the dead letter): hand the message back.
+    Requeue,
+    /// A held write given up at shutdown: leave the message unacked.
+    LeaveUnacked,
+}
+
+/// Publish and record a dead letter ([`crate::engine::dead_letter`]). A record the database
+/// refuses is held and retried: handing the message back would run the job again (and may
+/// send it to the platform again).
 async fn dead_letter(
     ctx: &LaneCtx,
     delivery: &Delivery,
     job_id: Option<&str>,
     outcome: &Outcome,
-) -> bool {
+) -> Settle {
     let Outcome::Dead {
         reason,
         errcode,
@@ -153,7 +182,7 @@ async fn dead_letter(
         attempts,
     } = outcome
     else {
-        return true;
+        return Settle::Go;
     };
     let name = &ctx.account.name;
     let dl = DeadLetter {
@@ -173,16 +202,22 @@ async fn dead_letter(
     {
         Ok(()) => {
             logged();
-            true
+            Settle::Go
         }
         Err(Failed::Publish(e)) => {
             warn!(account = %name, error = %e, "dead-letter publish failed; message goes back to the queue");
-            false
+            Settle::Requeue
         }
         Err(Failed::Record(e)) => {
             logged();
-            warn!(account = %name, error = %e, "dead letter not recorded in Postgres; message goes back to the queue");
-            false
+            let id = job_id.unwrap_or("-");
+            let held = hold_until_written(ctx.hold(id), "dead letter record", e, || {
+                ctx.store.record_dead_letter(&dl)
+            });
+            match Box::pin(held).await {
+                Ok(()) => Settle::Go,
+                Err(_) => Settle::LeaveUnacked,
+            }
         }
     }
 }
@@ -215,17 +250,19 @@ async fn park(
     };
     let row = delivery_row(ctx, job, Some(&j.job_id), row);
     let conv = conversation_of(j);
-    let recorded = async {
-        ctx.store.record(row).await?;
+    // Both writes are idempotent (an upsert; parking keeps the job's place), so the pair is
+    // what a held write retries.
+    let record = || async {
+        ctx.store.record(row.clone()).await?;
         ctx.parked
             .park(&ctx.store, name, &conv, &j.job_id, *tier_secs)
             .await
-    }
-    .await;
-    if let Err(e) = recorded {
-        warn!(account = %name, error = %format!("{e:#}"), "parking not recorded; message goes back to the queue");
-        requeue(delivery, acks).await;
-        return;
+    };
+    if let Err(e) = record().await {
+        let held = hold_until_written(ctx.hold(&j.job_id), "parking", e, record);
+        if Box::pin(held).await.is_err() {
+            return;
+        }
     }
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(

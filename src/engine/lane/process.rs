@@ -11,6 +11,7 @@ use crate::config::Channel;
 use crate::domain::allowance::{self, Allowance};
 use crate::domain::job::{Gate, Job, JobKind};
 use crate::domain::reason::Reason;
+use crate::engine::hold::hold_until_written;
 use crate::policy::outcome::Outcome;
 use crate::policy::retry::RetryStep;
 use crate::policy::{self, Action, Api, CallResult};
@@ -57,22 +58,32 @@ async fn claim(
     let key = ctx.delivery_key(job);
     let now = chrono::Utc::now();
     for _ in 0..CLAIM_BUSY_RETRIES {
-        match ctx.store.claim(key.clone()).await {
-            Ok((Claim::New, c)) => return Ok((0, now, c)),
-            Ok((
+        let claimed = match ctx.store.claim(key.clone()).await {
+            Ok(c) => c,
+            // Refused by the database: held and retried here, not handed back (a redelivery
+            // loop would burn the broker's delivery limit and dead-letter the job unrecorded).
+            Err(e) => {
+                let held = hold_until_written(ctx.hold(&job.job_id), "claim", e, || {
+                    ctx.store.claim(key.clone())
+                });
+                match Box::pin(held).await {
+                    Ok(c) => c,
+                    // Shutting down: nothing was sent, so handing the job back is safe.
+                    Err(e) => return Err(Outcome::Requeue { why: e.to_string() }),
+                }
+            }
+        };
+        match claimed {
+            (Claim::New, c) => return Ok((0, now, c)),
+            (
                 Claim::Resume {
                     attempts,
                     first_attempt_at,
                 },
                 c,
-            )) => return Ok((attempts, first_attempt_at.unwrap_or(now), c)),
-            Ok((Claim::Done(s), _)) => return Err(Outcome::Duplicate(s.as_str())),
-            Ok((Claim::Busy, _)) => tokio::time::sleep(CLAIM_BUSY_WAIT).await,
-            Err(e) => {
-                return Err(Outcome::Requeue {
-                    why: format!("claim failed: {e:#}"),
-                });
-            }
+            ) => return Ok((attempts, first_attempt_at.unwrap_or(now), c)),
+            (Claim::Done(s), _) => return Err(Outcome::Duplicate(s.as_str())),
+            (Claim::Busy, _) => tokio::time::sleep(CLAIM_BUSY_WAIT).await,
         }
     }
     Err(Outcome::Requeue {

@@ -1,6 +1,7 @@
-//! The lane's consumer loop ([`run`]): take deliveries (prefetch- and byte-budget-bounded) while the database
-//! is up, queue each behind its conversation, run one job per conversation at a time up to
-//! `worker.concurrency`, and on shutdown give back what did not finish.
+//! The lane's consumer loop ([`run`]): take deliveries (prefetch- and byte-budget-bounded)
+//! while the database is up and accepts writes, queue each behind its conversation, run one job per
+//! conversation at a time up to `worker.concurrency`, and on shutdown give back what did not
+//! finish.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -53,6 +54,14 @@ pub async fn run(
         return Ok(());
     };
     let refresher = spawn_broadcast_refresher(ctx.clone(), shutdown.clone());
+    // Held writes learn of the shutdown through the lane's context (see `engine::hold`).
+    let stopping = {
+        let (sd, stop) = (shutdown.clone(), ctx.stopping.clone());
+        tokio::spawn(async move {
+            sd.cancelled().await;
+            stop.cancel();
+        })
+    };
     info!(account = %ctx.account.name, %queue, "lane consuming (active once the broker picks this consumer)");
     metrics::gauge!(t::LANE_CONSUMERS, "account" => ctx.account.name.clone()).set(1.0);
 
@@ -96,11 +105,15 @@ pub async fn run(
     // Database health: while Postgres is unreachable the lane takes no new deliveries (the
     // jobs it holds wait inside the store for the database to come back).
     let mut db = ctx.store.health();
+    // Held writes (the database refused a claim or a record; see `engine::hold`): while any
+    // is held in this process the lane takes no new deliveries either.
+    let mut held = ctx.store.write_hold().subscribe();
+    let mut holding = false;
     // Whether this process has received a delivery since it (re)registered its consumer, i.e.
     // is the lane's active consumer. See [`on_activation`].
     let mut active = false;
     loop {
-        let db_up = *db.borrow_and_update();
+        let db_up = *db.borrow_and_update() && *held.borrow_and_update() == 0;
         tokio::select! {
             biased;
             Some((key, requeued)) = finished_rx.recv() => {
@@ -127,7 +140,18 @@ pub async fn run(
                     warn!(account = %ctx.account.name, "database unreachable; lane stops taking new jobs");
                 }
             }
-            _ = ctx.store.probe_until_up(), if !db_up => {}
+            Ok(()) = held.changed() => {
+                let now_holding = *held.borrow() > 0;
+                if now_holding != holding {
+                    holding = now_holding;
+                    if holding {
+                        warn!(account = %ctx.account.name, "the database refuses writes; lane stops taking new jobs while they are held");
+                    } else {
+                        info!(account = %ctx.account.name, "held writes accepted; lane takes new jobs again");
+                    }
+                }
+            }
+            _ = ctx.store.probe_until_up(), if !*db.borrow() => {}
             d = cons.consumer.next(), if db_up => match d {
                 None | Some(Err(_)) => {
                     if let Some(Err(e)) = d {
@@ -192,6 +216,8 @@ pub async fn run(
     // returned by the close, and a conversation would then be sent out of order after a
     // restart.
     refresher.abort();
+    stopping.abort();
+    ctx.stopping.cancel();
     cons.cancel(&tag).await;
     let held: usize = busy.values().map(VecDeque::len).sum();
     if held > 0 {
