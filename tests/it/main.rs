@@ -12,3 +12,4 @@ mod inbound;
 mod kf;
 mod ops;
 mod retry;
+mod text_secrets;
