@@ -299,7 +299,7 @@ mod tests {
     fn logged(ansi: bool, f: impl FnOnce()) -> String {
         let buf = Buf::default();
         let sink = buf.clone();
-        let sub = super::text_subscriber(
+        let sub = crate::telemetry::text_subscriber(
             tracing_subscriber::EnvFilter::new("info"),
             ansi,
             move || sink.clone(),
