@@ -136,21 +136,239 @@ fn describe() {
 }
 
 /// Logging: `RUST_LOG` filter (default info), plain text or JSON (`WXDISPATCH_LOG=json`).
+///
+/// Every field of the text format, the message included, is written through
+/// [`EscapedFields`], so a value from outside (a callback path's account segment, a routing
+/// key, an errmsg) cannot start a new line or drive the terminal. The JSON format escapes
+/// control characters as JSON does (`\n`, `\u001b`).
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
+    use tracing_subscriber::util::SubscriberInitExt;
     let json = std::env::var("WXDISPATCH_LOG").is_ok_and(|v| v == "json");
     // Colours only on a terminal: in a log file they are noise (and formatting them into
     // every job's span fields was ~1 % of a loaded worker's CPU).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
+    if json {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(env_filter())
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .json()
+            .try_init();
+    } else {
+        let _ = text_subscriber(env_filter(), ansi, std::io::stderr).try_init();
+    }
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"))
+}
+
+/// The text-format subscriber `init_tracing` installs, writing to `writer` (a test gives it
+/// a buffer).
+pub fn text_subscriber<W>(
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+        .with_writer(writer)
+        .fmt_fields(EscapedFields)
+        .finish()
+}
+
+/// The text format's fields as tracing-subscriber's default writes them (`message name=value
+/// …`, names in italics on a terminal), with every invisible character of a value escaped
+/// through [`crate::text::write_escaped`] (`\n`, `\u{1b}`): whether a value was recorded
+/// with `?`, `%` or as a plain string, one event stays one line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EscapedFields;
+
+impl<'a> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format::Writer<'a>>
+    for EscapedFields
+{
+    type Visitor = EscapedVisitor<'a>;
+
+    fn make_visitor(&self, target: tracing_subscriber::fmt::format::Writer<'a>) -> Self::Visitor {
+        EscapedVisitor {
+            writer: target,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// The visitor of [`EscapedFields`].
+pub struct EscapedVisitor<'a> {
+    writer: tracing_subscriber::fmt::format::Writer<'a>,
+    is_empty: bool,
+    result: std::fmt::Result,
+}
+
+/// A `fmt::Write` that escapes what passes through it.
+struct Escaping<'w, W: std::fmt::Write>(&'w mut W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        crate::text::write_escaped(self.0, s)
+    }
+}
+
+impl EscapedVisitor<'_> {
+    fn field(&mut self, name: &str, value: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let pad = if std::mem::take(&mut self.is_empty) {
+            ""
+        } else {
+            " "
+        };
+        self.result = (|| {
+            self.writer.write_str(pad)?;
+            if name != "message" {
+                let name = name.strip_prefix("r#").unwrap_or(name);
+                if self.writer.has_ansi_escapes() {
+                    // Italic name, dimmed `=`, as tracing-subscriber's default fields.
+                    write!(self.writer, "\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")?;
+                } else {
+                    write!(self.writer, "{name}=")?;
+                }
+            }
+            Escaping(&mut self.writer).write_fmt(value)
+        })();
+    }
+}
+
+impl tracing::field::Visit for EscapedVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.field(field.name(), format_args!("{value}"));
+        } else {
+            self.field(field.name(), format_args!("{value:?}"));
+        }
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        let chain = ErrorChain(value);
+        self.field(field.name(), format_args!("{chain}"));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field.name(), format_args!("{value:?}"));
+    }
+}
+
+/// An error and its sources, `outer: inner: root`.
+struct ErrorChain<'e>(&'e (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl tracing_subscriber::field::VisitOutput<std::fmt::Result> for EscapedVisitor<'_> {
+    fn finish(self) -> std::fmt::Result {
+        self.result
+    }
+}
+
+impl tracing_subscriber::field::VisitFmt for EscapedVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        &mut self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(ansi: bool, f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let sub = crate::telemetry::text_subscriber(
+            tracing_subscriber::EnvFilter::new("info"),
+            ansi,
+            move || sink.clone(),
+        );
+        tracing::subscriber::with_default(sub, f);
+        let bytes = buf.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn every_field_and_the_message_stay_on_one_line_without_control_bytes() {
+        let evil = "a\nINFO forged line\r\x1b[2J\u{202e}z";
+        let err = std::io::Error::other("bad\nerror");
+        let out = logged(false, || {
+            let span = tracing::info_span!("lane", account = %evil);
+            let _g = span.enter();
+            tracing::info!(
+                display = %evil,
+                debug = ?evil,
+                plain = evil,
+                error = &err as &(dyn std::error::Error + 'static),
+                "callback for {evil}"
+            );
+        });
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.ends_with('\n'), "{out:?}");
+        let body = &out[..out.len() - 1];
+        assert!(
+            !body.chars().any(crate::text::is_invisible),
+            "raw control bytes in {body:?}"
+        );
+        assert!(
+            body.contains("callback for a\\nINFO forged line\\r\\u{1b}[2J\\u{202e}z"),
+            "{body}"
+        );
+        assert!(body.contains("display=a\\nINFO"), "{body}");
+        assert!(body.contains("account=a\\nINFO"), "{body}");
+        assert!(body.contains("error=bad\\nerror"), "{body}");
+    }
+
+    #[test]
+    fn on_a_terminal_only_the_formatter_s_own_colours_remain() {
+        let out = logged(true, || tracing::info!(key = %"\x1b[31mred", "m\x1b[2J"));
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            out.contains("m\\u{1b}[2J") && out.contains("\\u{1b}[31mred"),
+            "{out}"
+        );
+    }
 }

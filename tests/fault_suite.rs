@@ -260,7 +260,7 @@ fn write_config(env: &Env, broker_url: &str, opts: &WorkerOpts, port: u16, path:
          [retry]\ninitial_backoff_ms = {}\nmax_backoff_ms = {}\npause_initial_secs = {}\n\
          pause_max_secs = {}\nthrottle_pause_secs = {}\ntiers_secs = [1, 2, 5]\n\n",
         opts.prefetch,
-        env.cfg.database.url,
+        env.cfg.database.url.expose(),
         opts.http_timeout_ms,
         opts.shutdown_grace_secs,
         opts.concurrency,

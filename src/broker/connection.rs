@@ -83,7 +83,7 @@ impl Broker {
         let conn = connect(&cfg.broker.url, name).await?;
         declare_topology(&conn, &cfg).await?;
         let broker = Arc::new(Self {
-            url: cfg.broker.url.clone(),
+            url: cfg.broker.url.expose().to_owned(),
             name: name.to_owned(),
             cfg,
             current: watch::Sender::new((0, Arc::new(conn))),

@@ -112,8 +112,7 @@ async fn publish(cfg: Config, store: &Store, a: BroadcastArgs) -> anyhow::Result
         .account(&account)
         .with_context(|| format!("--account: no account named '{account}' in the config"))?;
     let file = a.to_file.context("--to-file is required")?;
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("--to-file: cannot read {}", file.display()))?;
+    let text = crate::config::read_capped(&file, crate::config::INPUT_FILE_MAX, "--to-file")?;
     let (recipients, skipped) = clean_recipients(text.lines());
     let msg_src = a
         .message
@@ -121,8 +120,7 @@ async fn publish(cfg: Config, store: &Store, a: BroadcastArgs) -> anyhow::Result
     let msg_text = if msg_src.trim_start().starts_with('{') {
         msg_src.clone()
     } else {
-        std::fs::read_to_string(&msg_src)
-            .with_context(|| format!("--message: cannot read {msg_src}"))?
+        crate::config::read_capped(msg_src.as_ref(), crate::config::INPUT_FILE_MAX, "--message")?
     };
     let message: Value = serde_json::from_str(&msg_text).context("--message is not valid JSON")?;
     anyhow::ensure!(

@@ -20,7 +20,7 @@ fn is_usage(e: &anyhow::Error) -> bool {
 
 /// Print the failure as one line on stderr and return its exit code.
 pub fn report(e: &anyhow::Error) -> ExitCode {
-    let line = format!("{e:#}").replace('\n', " ");
+    let line = crate::text::escape_controls(&format!("{e:#}").replace('\n', " ")).into_owned();
     eprintln!("wxdispatch: error: {line}");
     ExitCode::from(code(e))
 }

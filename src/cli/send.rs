@@ -39,8 +39,7 @@ pub struct SendArgs {
 pub async fn run(cfg: Config, a: SendArgs) -> anyhow::Result<()> {
     let mut job: serde_json::Value = match &a.file {
         Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("--file: cannot read {}", f.display()))?;
+            let text = crate::config::read_capped(f, crate::config::INPUT_FILE_MAX, "--file")?;
             serde_json::from_str(&text)
                 .with_context(|| format!("--file: {} is not JSON", f.display()))?
         }

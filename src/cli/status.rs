@@ -10,6 +10,7 @@ use crate::domain::allowance::WECOM_WINDOW_QUOTA;
 use crate::domain::service_state::ServiceState;
 use crate::ops::status::{self, ConversationReport, Report};
 use crate::store::{self, Store};
+use crate::text::escape_controls as esc;
 
 /// `account`: `--account`, required when several accounts have the job id.
 pub async fn run(cfg: Config, job_id: &str, account: Option<&str>) -> anyhow::Result<()> {
@@ -42,9 +43,11 @@ fn print(
     writeln!(
         out,
         "  account    {} ({}), kind {}",
-        d.account, d.channel, d.kind
+        esc(&d.account),
+        d.channel,
+        d.kind
     )?;
-    writeln!(out, "  recipient  {}", d.recipient)?;
+    writeln!(out, "  recipient  {}", esc(&d.recipient))?;
     writeln!(out, "  attempts   {}", d.attempts)?;
     if let Some(c) = d.errcode {
         writeln!(out, "  errcode    {c}")?;
@@ -55,7 +58,7 @@ fn print(
         ("broadcast ", &d.broadcast_id),
     ] {
         if let Some(v) = v.as_deref().filter(|v| *v != "-") {
-            writeln!(out, "  {label} {v}")?;
+            writeln!(out, "  {label} {}", esc(v))?;
         }
     }
     writeln!(out, "  created    {}", ts(Some(d.created_at)))?;
@@ -75,7 +78,7 @@ fn print(
                 e.attempts,
                 e.error
                     .as_ref()
-                    .map(|e| format!(" — {e}"))
+                    .map(|e| format!(" — {}", esc(e)))
                     .unwrap_or_default()
             )?;
         }
@@ -89,7 +92,12 @@ fn print_conversation(
     c: &ConversationReport,
     now: DateTime<Utc>,
 ) -> std::io::Result<()> {
-    writeln!(out, "conversation ({} / {})", c.open_kfid, c.recipient)?;
+    writeln!(
+        out,
+        "conversation ({} / {})",
+        esc(&c.open_kfid),
+        esc(&c.recipient)
+    )?;
     let Some(f) = &c.facts else {
         return writeln!(out, "  no customer message or session state recorded yet");
     };

@@ -1,6 +1,8 @@
 //! The command line's one table printer: columns left aligned, two spaces apart, each as wide
 //! as its widest cell in terminal columns (East Asian characters count two, through
-//! comfy-table's unicode-width), no borders, no trailing spaces.
+//! comfy-table's unicode-width), no borders, no trailing spaces. Every cell, headers included,
+//! goes through [`crate::text::escape_controls`]: a routing key or an errmsg holding `ESC[2J`
+//! or a newline prints as `\u{1b}[2J` / `\n` and can neither redraw the terminal nor add a row.
 //!
 //! ```text
 //! ID  JOB ID  ACCOUNT  REASON
@@ -27,7 +29,7 @@ impl Table {
         let mut inner = comfy_table::Table::new();
         inner
             .load_style(NOTHING)
-            .set_header(headers.into_iter().map(Into::into).collect::<Vec<String>>());
+            .set_header(headers.into_iter().map(cell).collect::<Vec<String>>());
         let mut t = Self { inner };
         t.space_columns();
         t
@@ -36,7 +38,7 @@ impl Table {
     /// Add a row; cells beyond the header's columns add columns.
     pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) -> &mut Self {
         self.inner
-            .add_row(cells.into_iter().map(Into::into).collect::<Vec<String>>());
+            .add_row(cells.into_iter().map(cell).collect::<Vec<String>>());
         self.space_columns();
         self
     }
@@ -75,15 +77,19 @@ impl fmt::Display for Table {
     }
 }
 
+/// A cell as printed: invisible characters escaped (owned strings without any are kept as
+/// they are, without a copy).
+fn cell<S: Into<String>>(s: S) -> String {
+    let s: String = s.into();
+    match crate::text::escape_controls(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(escaped) => escaped,
+    }
+}
+
 /// A cell from text that may hold newlines or tabs (a platform's errmsg): control characters
 /// flattened to spaces, cut to `max` bytes (with `…`) to keep one line per row.
-pub fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    crate::text::truncate(&flat, max)
-}
+pub use crate::text::one_line;
 
 /// An age in its largest whole unit: `3s`, `3m`, `2h`, `4d` (negative ones are `0s`).
 pub fn format_age(d: TimeDelta) -> String {
@@ -117,6 +123,22 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "ID  NAME       NOTE\n1              x\n22  long name\n"
+        );
+    }
+
+    #[test]
+    fn control_and_format_characters_in_cells_are_escaped() {
+        let mut t = Table::new(["KEY\n", "N"]);
+        t.row(["kf\x1b[2J", "1"]).row(["a\nb\u{202e}", "2"]);
+        let out = t.to_string();
+        assert!(
+            !out.contains('\x1b') && !out.contains('\u{202e}'),
+            "{out:?}"
+        );
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(
+            out.contains("kf\\u{1b}[2J") && out.contains("a\\nb\\u{202e}"),
+            "{out}"
         );
     }
 

@@ -3,6 +3,7 @@
 //! names the key and, when the value came from the environment, the variable.
 
 use anyhow::{Context, bail};
+use figment::error::{Actual, Kind};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
@@ -46,9 +47,16 @@ pub(super) fn extract(text: &str, env: &[(String, String)]) -> anyhow::Result<Co
             fig = fig.merge(Layer { name, data });
         }
     }
-    fig.extract()
+    // Lossy: an environment value is a string, read as a number or a boolean where the key
+    // wants one (`WXDISPATCH__BROKER__PREFETCH=64`), and kept as written where it wants a
+    // string (`WXDISPATCH__DATABASE__PASSWORD=48151623`, `'"quoted"'` with its quotes).
+    fig.extract_lossy()
         .map_err(|e| anyhow::anyhow!("{}", describe(e)))
 }
+
+/// The keys whose values are credentials: an error about one names the key and the kind of
+/// value found, never the value.
+const SECRET_KEYS: [&str; 4] = ["password", "token", "secret", "encoding_aes_key"];
 
 /// `line L, column C: message`, on one line.
 fn syntax_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
@@ -67,18 +75,59 @@ fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = key_of(&e.path);
+            let secret = e
+                .path
+                .last()
+                .is_some_and(|leaf| SECRET_KEYS.contains(&leaf.as_str()));
+            let kind = if secret {
+                scrubbed(&e.kind)
+            } else {
+                e.kind.to_string()
+            };
             let origin = match e.metadata.as_ref().map(|m| m.name.as_ref()) {
                 Some(name) if name != FILE => format!(" (from {name})"),
                 _ => String::new(),
             };
             if key.is_empty() {
-                format!("{}{origin}", e.kind)
+                format!("{kind}{origin}")
             } else {
-                format!("{key}: {}{origin}", e.kind)
+                format!("{key}: {kind}{origin}")
             }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What went wrong with a secret's value, without the value: `invalid type: found an integer,
+/// expected a string`.
+fn scrubbed(kind: &Kind) -> String {
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", what(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: found {}, expected {expected}", what(actual))
+        }
+        Kind::InvalidLength(..)
+        | Kind::MissingField(_)
+        | Kind::DuplicateField(_)
+        | Kind::UnknownField(..) => kind.to_string(),
+        _ => "invalid value (not shown: the key holds a secret)".to_owned(),
+    }
+}
+
+/// The kind of a value, without the value.
+fn what(actual: &Actual) -> &'static str {
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Seq => "an array",
+        Actual::Map => "a table",
+        _ => "a value of another type",
+    }
 }
 
 /// `["account", "0", "rate"]` → `account[0].rate`.
@@ -153,11 +202,17 @@ fn env_override(fig: &Figment, path: &str, raw: &str) -> anyhow::Result<Dict> {
     Ok(data)
 }
 
+/// An environment value: an array (`[1, 2]`) or an inline table (`{ per_second = 5 }`) when it
+/// starts so and parses as a TOML one; otherwise the string exactly as written, which
+/// [`extract`] reads as a number or a boolean only where the key wants one. So a password of
+/// digits stays a string, and `"quoted"` keeps its quotes.
 fn parse_env_value(raw: &str) -> Value {
-    // `x = <raw>` parses for numbers, booleans, arrays and inline tables; anything else is a string.
-    let doc = format!("x = {raw}");
-    match toml::from_str::<Dict>(&doc) {
-        Ok(mut t) => t.remove("x").unwrap_or_else(|| Value::from(raw.to_owned())),
-        Err(_) => Value::from(raw.to_owned()),
+    let string = || Value::from(raw.to_owned());
+    if !raw.trim_start().starts_with(['[', '{']) {
+        return string();
+    }
+    match toml::from_str::<Dict>(&format!("x = {raw}")) {
+        Ok(mut t) => t.remove("x").unwrap_or_else(string),
+        Err(_) => string(),
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use super::files::{CONFIG_FILE_MAX, SECRET_FILE_MAX, read_capped};
 use super::layers;
 use super::model::Config;
 use super::secret::Secret;
@@ -22,8 +23,7 @@ impl Config {
                 p.exists().then_some(p)
             });
         let text = match &path {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config file {}", p.display()))?,
+            Some(p) => read_capped(p, CONFIG_FILE_MAX, "config file")?,
             None => String::new(),
         };
         let origin = path
@@ -44,8 +44,7 @@ impl Config {
     fn resolve_files(&mut self) -> anyhow::Result<()> {
         fn read(slot: &mut Secret, file: &Option<PathBuf>, key: &str) -> anyhow::Result<()> {
             if let Some(f) = file {
-                let s = std::fs::read_to_string(f)
-                    .with_context(|| format!("{key}_file: cannot read {}", f.display()))?;
+                let s = read_capped(f, SECRET_FILE_MAX, &format!("{key}_file"))?;
                 *slot = Secret::new(s.trim_end_matches(['\n', '\r']));
             }
             Ok(())

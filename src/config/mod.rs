@@ -4,8 +4,10 @@
 //!   else the built-in defaults (which declare no account).
 //! * Environment: `WXDISPATCH__SECTION__KEY=value` sets `[section] key`. Accounts are addressed by
 //!   name (upper-cased, non-alphanumerics as `_`) or index: `WXDISPATCH__ACCOUNT__SUPPORT__SECRET`,
-//!   `WXDISPATCH__ACCOUNT__0__RATE='{ per_second = 5 }'`. A value is read as a TOML value when
-//!   it parses as one (numbers, booleans, arrays, inline tables), otherwise as a string.
+//!   `WXDISPATCH__ACCOUNT__0__RATE='{ per_second = 5 }'`. A value is the string as written
+//!   (read as a number or boolean where the key wants one), except that one starting with `[`
+//!   or `{` that parses as a TOML array or inline table is that array or table. An error
+//!   about a secret key names the key and the type found, never the value.
 //! * Secrets (`token`, `secret`, `encoding_aes_key`, `[database] password`) may also be given as
 //!   `<key>_file = "path"`. They are held in [`Secret`], whose `Debug`, `Display` and `Serialize`
 //!   print `***`, so no log line, error or `check-config` output can carry them.
@@ -13,6 +15,7 @@
 //! [`Config::validate`] fails fast with one line that names the offending key.
 
 mod account;
+mod files;
 mod layers;
 mod load;
 mod model;
@@ -25,8 +28,9 @@ mod tests;
 
 pub use crate::domain::channel::Channel;
 pub use account::{AccountConfig, Rate};
+pub use files::{CONFIG_FILE_MAX, INPUT_FILE_MAX, SECRET_FILE_MAX, read_capped};
 pub use model::{
     BrokerConfig, Config, DatabaseConfig, HttpConfig, RetryConfig, SyncConfig, WorkerConfig,
 };
 pub use secret::Secret;
-pub use urls::redact_url_password;
+pub use urls::{SecretUrl, redact_url_password};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::account::AccountConfig;
 use super::secret::Secret;
-use super::urls::with_password;
+use super::urls::{SecretUrl, with_password};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,7 +25,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// AMQP URL; the vhost is its path (`%2f` = `/`).
-    pub url: String,
+    pub url: SecretUrl,
     /// Unacked deliveries per lane (the bulk queue takes at most 64 more). Bounds how much a
     /// lane re-sends after a crash, and what the AMQP client buffers before the lane takes it:
     /// up to `prefetch` bodies per lane, whatever their size (README "Memory bounds").
@@ -54,7 +54,7 @@ impl Default for BrokerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    pub url: String,
+    pub url: SecretUrl,
     /// Overrides the URL's password (so the URL itself can live in a ConfigMap).
     pub password: Secret,
     pub password_file: Option<PathBuf>,
@@ -283,10 +283,10 @@ impl Config {
     /// The database URL with `[database] password` applied.
     pub fn database_url(&self) -> String {
         if self.database.password.is_empty() {
-            return self.database.url.clone();
+            return self.database.url.expose().to_owned();
         }
         with_password(&self.database.url, self.database.password.expose())
-            .unwrap_or_else(|| self.database.url.clone())
+            .unwrap_or_else(|| self.database.url.expose().to_owned())
     }
 }
 

@@ -200,3 +200,115 @@ fn env_overrides_accumulate_on_one_account_and_keep_the_rest() {
     assert_eq!(c.retry.tiers_secs, vec![1, 2]);
     assert_eq!(c.broker.prefetch, 512);
 }
+
+#[test]
+fn url_passwords_are_masked_in_check_config_debug_and_errors() {
+    let text = format!(
+        "[broker]\nurl = \"amqp://wx:brokerpw@mq:5672/%2f\"\n\
+         [database]\nurl = \"postgres://wx:dbpw@db:5432/wx\"\n{}",
+        base()
+    );
+    let c = Config::from_toml_with_env(&text, &[]).unwrap();
+    assert_eq!(c.broker.url.expose(), "amqp://wx:brokerpw@mq:5672/%2f");
+    assert_eq!(c.database_url(), "postgres://wx:dbpw@db:5432/wx");
+    let shown = format!(
+        "{}\n{c:?}\n{}\n{}",
+        c.to_redacted_toml(),
+        c.broker.url,
+        c.database.url
+    );
+    for pw in ["brokerpw", "dbpw", "tok-secret-1", "corp-secret-2"] {
+        assert!(!shown.contains(pw), "{pw} in {shown}");
+    }
+    assert!(
+        c.to_redacted_toml()
+            .contains("url = \"amqp://wx:***@mq:5672/%2f\""),
+        "{}",
+        c.to_redacted_toml()
+    );
+    // The password override is spliced into the real URL and masked in the shown one.
+    let env = vec![("WXDISPATCH__DATABASE__PASSWORD".into(), "over".into())];
+    let c = Config::from_toml_with_env(&text, &env).unwrap();
+    assert_eq!(c.database_url(), "postgres://wx:over@db:5432/wx");
+    assert!(!format!("{}{c:?}", c.to_redacted_toml()).contains("over@"));
+}
+
+#[test]
+fn environment_values_of_string_keys_are_strings_as_written() {
+    let env = vec![
+        ("WXDISPATCH__DATABASE__PASSWORD".into(), "48151623".into()),
+        (
+            "WXDISPATCH__ACCOUNT__BOT__TOKEN".into(),
+            "'\"quoted\"'".into(),
+        ),
+        ("WXDISPATCH__ACCOUNT__KF__SECRET".into(), "true".into()),
+        ("WXDISPATCH__ACCOUNT__BOT__APPID".into(), "\"APP\"".into()),
+        ("WXDISPATCH__HTTP__LISTEN".into(), "127.0.0.1:1".into()),
+        // Numbers, booleans, options, floats, arrays and inline tables still read as such.
+        ("WXDISPATCH__BROKER__PREFETCH".into(), "64".into()),
+        ("WXDISPATCH__WORKER__BROADCAST_SHARE".into(), "0.5".into()),
+        ("WXDISPATCH__RETRY__THROTTLE_PAUSE_SECS".into(), "2".into()),
+        ("WXDISPATCH__RETRY__TIERS_SECS".into(), "[1, 2]".into()),
+        (
+            "WXDISPATCH__ACCOUNT__KF__RATE".into(),
+            "{ per_second = 7 }".into(),
+        ),
+    ];
+    let c = Config::from_toml_with_env(&base(), &env).unwrap();
+    assert_eq!(c.database.password.expose(), "48151623");
+    assert_eq!(c.accounts[0].token.expose(), "'\"quoted\"'");
+    assert_eq!(c.accounts[1].secret.expose(), "true");
+    assert_eq!(c.accounts[0].appid.as_deref(), Some("\"APP\""));
+    assert_eq!(c.http.listen, "127.0.0.1:1");
+    assert_eq!(c.broker.prefetch, 64);
+    assert_eq!(c.worker.broadcast_share, 0.5);
+    assert_eq!(c.retry.throttle_pause_secs, Some(2));
+    assert_eq!(c.retry.tiers_secs, vec![1, 2]);
+    assert_eq!(c.accounts[1].rate.per_second, Some(7));
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_named_but_never_shown() {
+    let text = base().replace("token = \"tok-secret-1\"", "token = 48151623");
+    let e = Config::from_toml_with_env(&text, &[]).unwrap_err();
+    let shown = format!("{e:#}");
+    assert!(
+        shown.starts_with("account[0].token: invalid type: found an integer, expected a string"),
+        "{shown}"
+    );
+    assert!(!shown.contains("48151623"), "{shown}");
+
+    let env = vec![(
+        "WXDISPATCH__DATABASE__PASSWORD".into(),
+        "[4815, 1623]".into(),
+    )];
+    let e = Config::from_toml_with_env(&base(), &env).unwrap_err();
+    let shown = format!("{e:#}");
+    assert!(
+        shown.starts_with("database.password: invalid type: found an array"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(from environment variable WXDISPATCH__DATABASE__PASSWORD)"),
+        "{shown}"
+    );
+    assert!(!shown.contains("4815"), "{shown}");
+}
+
+#[test]
+fn secret_files_are_capped_and_the_error_names_the_key() {
+    let text = format!("[database]\npassword_file = \"/dev/zero\"\n{}", base());
+    let e = Config::from_toml_with_env(&text, &[]).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        "database.password_file /dev/zero: larger than 64 KiB"
+    );
+    let text = base().replace("token = \"tok-secret-1\"", "token_file = \"/dev/zero\"");
+    let e = Config::from_toml_with_env(&text, &[]).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        "account[0] (bot).token_file /dev/zero: larger than 64 KiB"
+    );
+    let e = Config::load(Some(std::path::Path::new("/dev/zero"))).unwrap_err();
+    assert_eq!(format!("{e:#}"), "config file /dev/zero: larger than 4 MiB");
+}

@@ -1,6 +1,84 @@
 //! Passwords in connection URLs (`postgres://`, `amqp://`): spliced in, and masked for printing.
 
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
 use url::Url;
+
+/// A connection URL that may carry a password (`amqp://user:pw@host/vhost`): `broker.url`,
+/// `database.url`. Its `Display`, `Debug` and `Serialize` mask the password
+/// ([`redact_url_password`]), so `check-config`, `{:?}` of the settings, error contexts and
+/// log lines never show it; [`SecretUrl::expose`] (or deref to `&str`) hands the real URL to
+/// the client that connects.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with its password masked (`amqp://user:***@host/`).
+    pub fn redacted(&self) -> String {
+        redact_url_password(&self.0)
+    }
+}
+
+/// The real URL, so that `connect(&cfg.broker.url)` needs no ceremony. Formatting a
+/// `SecretUrl` itself (`{}`, `{:?}`, `to_string()`) masks the password.
+impl Deref for SecretUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+impl From<&str> for SecretUrl {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+impl PartialEq<str> for SecretUrl {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+impl PartialEq<&str> for SecretUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+/// Masked: `check-config` prints what [`Config`](super::Config) serializes to.
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+impl<'de> Deserialize<'de> for SecretUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
 
 /// What a masked password reads as.
 const MASK: &str = "***";
@@ -73,6 +151,22 @@ mod tests {
             "postgres://***@[::1"
         );
         assert_eq!(redact_url_password("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_secret_url_masks_its_password_however_it_is_printed() {
+        let u = SecretUrl::from("amqp://user:s3cr%40t@mq:5672/%2f");
+        assert_eq!(u.expose(), "amqp://user:s3cr%40t@mq:5672/%2f");
+        assert_eq!(&*u, "amqp://user:s3cr%40t@mq:5672/%2f");
+        assert_eq!(u.to_string(), "amqp://user:***@mq:5672/%2f");
+        assert_eq!(format!("{u:?}"), "\"amqp://user:***@mq:5672/%2f\"");
+        assert_eq!(
+            toml::to_string(&std::collections::BTreeMap::from([("url", u.clone())])).ok(),
+            Some("url = \"amqp://user:***@mq:5672/%2f\"\n".to_owned())
+        );
+        let back: SecretUrl = serde_json::from_str("\"postgres://u:pw@db/x\"").unwrap();
+        assert_eq!(back, "postgres://u:pw@db/x");
+        assert!(!format!("{back} {back:?}").contains("pw"));
     }
 
     #[test]

@@ -18,12 +18,16 @@ pub fn valid_job_id(s: &str) -> bool {
 }
 
 /// A plausible recipient id: 1..=[`MAX_RECIPIENT_CHARS`] characters, no whitespace and no
-/// control characters (no platform id has them; they only come from upstream bugs). Used for
-/// `to` by [`crate::domain::job::parse`], and by the broadcast fan-out for each recipient.
+/// invisible character ([`crate::text::is_invisible`]: controls, format characters such as
+/// U+200B or U+202E, line/paragraph separators; no platform id has them, they only come from
+/// upstream bugs or from someone hiding one id inside another). Used for `to` by
+/// [`crate::domain::job::parse`], and by the broadcast fan-out for each recipient.
 pub fn valid_recipient(s: &str) -> bool {
     !s.is_empty()
         && s.chars().count() <= MAX_RECIPIENT_CHARS
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || crate::text::is_invisible(c))
 }
 
 /// Deterministic per-recipient job id of a broadcast: `"b"` + the first 31 hex digits of

@@ -14,9 +14,9 @@ use crate::harness::{Env, chatbot_account, wecom_account};
 pub fn write_config(env: &Env, dir: &std::path::Path) -> std::path::PathBuf {
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nprefetch = {}\n\n[database]\nurl = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[worker]\nhttp_timeout_ms = {}\nshutdown_grace_secs = 5\nconcurrency = {}\n\n[retry]\ninitial_backoff_ms = 5\nmax_backoff_ms = 50\npause_initial_secs = 1\npause_max_secs = 2\nthrottle_pause_secs = 1\n\n",
-        env.cfg.broker.url,
+        env.cfg.broker.url.expose(),
         env.cfg.broker.prefetch,
-        env.cfg.database.url,
+        env.cfg.database.url.expose(),
         env.cfg.worker.http_timeout_ms,
         env.cfg.worker.concurrency
     );

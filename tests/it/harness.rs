@@ -118,8 +118,8 @@ impl Env {
             .await
             .unwrap();
         let mut cfg = Config::default();
-        cfg.broker.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
-        cfg.database.url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+        cfg.broker.url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}").into();
+        cfg.database.url = format!("postgres://postgres@127.0.0.1:5432/{db}").into();
         cfg.http.listen = "127.0.0.1:0".into();
         cfg.http.admin_listen = "127.0.0.1:0".into();
         cfg.accounts = accs;

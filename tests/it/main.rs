@@ -19,3 +19,4 @@ mod inbound_nul;
 mod kf;
 mod ops;
 mod retry;
+mod text_secrets;

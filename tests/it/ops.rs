@@ -362,7 +362,7 @@ async fn config_error_dead_letters_are_replayed_by_filter_and_exactly_those_are_
     env.cleanup().await;
 }
 
-fn cli(config: &std::path::Path, args: &[&str]) -> Output {
+pub fn cli(config: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wxdispatch"))
         .args(args)
         .arg("--config")

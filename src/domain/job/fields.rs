@@ -142,6 +142,23 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `Err` naming `path`, the first invisible character ([`crate::text::is_invisible`]: a
+/// control, a format character such as U+200B or U+202E, U+2028/U+2029) and its position in
+/// characters: `to: contains an invisible/format character U+202E at 3`. For ids, where such a
+/// character is never legitimate and would make two different ids look the same.
+pub(super) fn check_visible(s: &str, path: &str, reason: Reason) -> R<()> {
+    match crate::text::first_invisible(s) {
+        Some((at, c)) => reject(
+            reason,
+            format!(
+                "{path}: contains an invisible/format character U+{:04X} at {at}",
+                u32::from(c)
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Items of an array counted against `lo..=hi` (`lo` short: invalid; `hi` exceeded: over limit).
 pub(super) fn check_count(items: &[Value], path: &str, lo: usize, hi: usize) -> R<()> {
     let n = items.len();

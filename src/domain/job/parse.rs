@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::chatbot::{chatbot_extras_of, chatbot_payload};
-use super::fields::{R, clip, clip_plain, reject, show, type_name};
+use super::fields::{R, check_visible, clip, clip_plain, reject, show, type_name};
 use super::model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Transfer};
 use super::wecom::{WECOM_EVENT_MSGTYPES, WECOM_MSGTYPES, wecom_payload};
 use crate::domain::account::AccountView;
@@ -257,13 +257,11 @@ fn check_recipient(s: &str, path: &str) -> R<()> {
             format!("{path}: {n} chars, limit {MAX_RECIPIENT_CHARS}"),
         );
     }
+    check_visible(s, path, Reason::InvalidTo)?;
     if !valid_recipient(s) {
         return reject(
             Reason::InvalidTo,
-            format!(
-                "{path}: {}: contains whitespace or a control character",
-                clip(s)
-            ),
+            format!("{path}: {}: contains whitespace", clip(s)),
         );
     }
     Ok(())
@@ -330,15 +328,20 @@ fn open_kfid_of(v: Option<&Value>, account: &dyn AccountView) -> R<String> {
         Some(Value::String(s)) if s.is_empty() => {
             reject(Reason::InvalidOpenKfid, "open_kfid: empty string")
         }
-        Some(Value::String(s)) if kfids.iter().any(|k| k == s) => Ok(s.clone()),
-        Some(Value::String(s)) => reject(
-            Reason::UnknownOpenKfid,
-            format!(
-                "open_kfid: {} is not one of account {}'s open_kfids",
-                clip(s),
-                account.name()
-            ),
-        ),
+        Some(Value::String(s)) => {
+            check_visible(s, "open_kfid", Reason::InvalidOpenKfid)?;
+            if kfids.iter().any(|k| k == s) {
+                return Ok(s.clone());
+            }
+            reject(
+                Reason::UnknownOpenKfid,
+                format!(
+                    "open_kfid: {} is not one of account {}'s open_kfids",
+                    clip(s),
+                    account.name()
+                ),
+            )
+        }
         Some(other) => reject(
             Reason::InvalidOpenKfid,
             format!("open_kfid: expected a string, got {}", type_name(other)),
@@ -388,7 +391,10 @@ fn transfer_of(obj: &Map<String, Value>, channel: Channel) -> R<Transfer> {
             let servicer = match obj.get("servicer_userid") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.is_empty() => None,
-                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::String(s)) => {
+                    check_visible(s, "servicer_userid", Reason::InvalidTransfer)?;
+                    Some(s.clone())
+                }
                 Some(other) => {
                     return reject(
                         Reason::InvalidTransfer,

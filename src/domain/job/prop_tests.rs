@@ -168,6 +168,42 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A recipient or open_kfid with an invisible character anywhere is refused, naming the
+    /// field, the code point and its position; without one, the same id is accepted.
+    #[test]
+    fn ids_with_an_invisible_character_are_refused(
+        head in "[0-9A-Za-z_中客-]{0,20}",
+        tail in "[0-9A-Za-z_服-]{0,20}",
+        c in prop::sample::select(vec![
+            '\u{0}', '\n', '\r', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{ad}', '\u{200b}',
+            '\u{200e}', '\u{202e}', '\u{2066}', '\u{2028}', '\u{2029}', '\u{feff}', '\u{e0001}',
+        ]),
+    ) {
+        let at = head.chars().count();
+        let id = format!("{head}{c}{tail}");
+        let want = format!(
+            "contains an invisible/format character U+{:04X} at {at}",
+            u32::from(c)
+        );
+        let e = p(&chatbot(), &json!({"job_id": "j", "to": id, "message": {"text": "hi"}}))
+            .expect_err("invisible character accepted in to");
+        prop_assert_eq!(e.reason, "invalid_to");
+        prop_assert_eq!(e.detail, format!("to: {want}"));
+        prop_assert!(!valid_recipient(&id));
+        let body = json!({"job_id": "j", "to": "wmU", "open_kfid": id, "message": {"text": "hi"}});
+        let e = p(&wecom2(), &body).expect_err("invisible character accepted in open_kfid");
+        prop_assert_eq!(e.reason, "invalid_open_kfid");
+        prop_assert_eq!(e.detail, format!("open_kfid: {want}"));
+        let visible = format!("{head}{tail}");
+        if !visible.is_empty() {
+            prop_assert!(valid_recipient(&visible));
+        }
+    }
+}
+
 /// The structured generator must actually reach the deep validation (not only fail early).
 #[test]
 fn structured_generator_reaches_valid_jobs() {

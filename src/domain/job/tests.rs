@@ -281,6 +281,9 @@ fn every_reason() {
         (Reason::InvalidTo, &c, json!({"job_id": "j", "to": 42, "message": {"text": "hi"}})),
         (Reason::InvalidTo, &c, json!({"job_id": "j", "to": "o".repeat(129), "message": {"text": "hi"}})),
         (Reason::InvalidTo, &c, json!({"job_id": "j", "to": "oU\n", "message": {"text": "hi"}})),
+        (Reason::InvalidTo, &c, json!({"job_id": "j", "to": "oU\u{200b}", "message": {"text": "hi"}})),
+        (Reason::InvalidTo, &c, json!({"job_id": "j", "to": "oU\u{202e}x", "message": {"text": "hi"}})),
+        (Reason::InvalidTo, &c, json!({"job_id": "j", "to": "\u{feff}oU", "message": {"text": "hi"}})),
         (Reason::InvalidTo, &c, json!({"job_id": "j", "to": ["a"], "message": {"text": "hi"}})),
         (Reason::InvalidTo, &c, json!({"job_id": "j", "kind": "broadcast", "to": "u1", "message": {"text": "hi"}})),
         (Reason::InvalidTo, &c, json!({"job_id": "j", "kind": "broadcast", "to": [], "message": {"text": "hi"}})),
@@ -347,6 +350,7 @@ fn every_reason() {
         (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": "2"})),
         (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": 3})),
         (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": 2, "servicer_userid": "z"})),
+        (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": 3, "servicer_userid": "z\u{2028}"})),
         (Reason::InvalidTransfer, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU", "kefustate": "maybe"})),
         (Reason::InvalidTransfer, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU"})),
     ];
@@ -620,4 +624,59 @@ fn fan_out_copies_everything_but_recipient_and_id() {
     assert_eq!(one.gate, Gate::None);
     assert_eq!(one.not_after, b.not_after);
     assert_eq!(one.chatbot, b.chatbot);
+}
+
+#[test]
+fn invisible_characters_in_ids_are_refused_naming_the_field_the_character_and_where() {
+    let c = chatbot();
+    let w2 = wecom2();
+    let cases: [(&TestAccount, Value, &str, &str); 6] = [
+        (
+            &c,
+            json!({"job_id": "j", "to": "oUs\u{202e}r", "message": {"text": "hi"}}),
+            "invalid_to",
+            "to: contains an invisible/format character U+202E at 3",
+        ),
+        (
+            &c,
+            json!({"job_id": "j", "to": "oU\u{200b}", "message": {"text": "hi"}}),
+            "invalid_to",
+            "to: contains an invisible/format character U+200B at 2",
+        ),
+        (
+            &c,
+            json!({"job_id": "j", "to": "中\u{1b}[2J", "message": {"text": "hi"}}),
+            "invalid_to",
+            "to: contains an invisible/format character U+001B at 1",
+        ),
+        (
+            &w2,
+            json!({"job_id": "j", "to": "wmU", "open_kfid": "wkA\u{feff}", "message": {"text": "hi"}}),
+            "invalid_open_kfid",
+            "open_kfid: contains an invisible/format character U+FEFF at 3",
+        ),
+        (
+            &c,
+            json!({"job_id": "j\u{200b}", "to": "oU", "message": {"text": "hi"}}),
+            "invalid_job_id",
+            "job_id: \"j\\u{200b}\": must be 1-32 chars of [0-9A-Za-z_-]",
+        ),
+        (
+            &c,
+            json!({"job_id": "j", "to": "o U", "message": {"text": "hi"}}),
+            "invalid_to",
+            "to: \"o U\": contains whitespace",
+        ),
+    ];
+    for (account, body, reason, detail) in cases {
+        let e = p(account, &body).expect_err(&body.to_string());
+        assert_eq!((e.reason, e.detail.as_str()), (reason, detail), "{body}");
+    }
+    // The ids the platforms hand out, CJK names and emoji stay valid.
+    for to in ["oUser-openid_28chars-xxxxxxx", "wmXXXX", "客服小王", "😀"] {
+        ok(
+            &c,
+            json!({"job_id": "j", "to": to, "message": {"text": "hi"}}),
+        );
+    }
 }
