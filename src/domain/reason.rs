@@ -74,6 +74,9 @@ reasons! {
     InvalidNotAfter = "invalid_not_after",
     /// The `chatbot` extras are malformed.
     InvalidChatbot = "invalid_chatbot",
+    /// A chatbot job for sendmsg channel 0, 5 or 6 names no `chatbot.appid` and its account has
+    /// no `oa_appid`: the platform needs the Official Account / Mini Program appid there.
+    MissingAppid = "missing_appid",
     /// An event_reply has no usable `code`.
     InvalidCode = "invalid_code",
     /// A transfer's `service_state`/`servicer_userid`/`kefustate` are missing or inconsistent.
@@ -208,7 +211,7 @@ mod tests {
     /// The words are stored in rows and used by dashboards: pinned.
     #[test]
     fn words_are_pinned() {
-        assert_eq!(Reason::ALL.len(), 34);
+        assert_eq!(Reason::ALL.len(), 35);
         assert_eq!(Reason::ConfigError.as_str(), "config_error");
         assert_eq!(Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert_eq!(Reason::UnknownAccount.as_str(), "unknown_account");
