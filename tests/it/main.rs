@@ -11,4 +11,5 @@ mod harness;
 mod inbound;
 mod kf;
 mod ops;
+mod platform_fixes;
 mod retry;
