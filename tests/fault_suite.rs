@@ -285,6 +285,7 @@ fn write_config(env: &Env, broker_url: &str, opts: &WorkerOpts, port: u16, path:
         }
         for (key, value) in [
             ("appid", a.appid.clone()),
+            ("oa_appid", a.oa_appid.clone()),
             ("corpid", a.corpid.clone()),
             ("secret", Some(a.secret.expose().to_owned())),
             ("token", Some(a.token.expose().to_owned())),

@@ -58,6 +58,11 @@ pub struct AccountConfig {
     pub appid: Option<String>,
     #[serde(default)]
     pub default_channel: i64,
+    /// The Official Account / Mini Program appid rendered in sendmsg's and kefustate's
+    /// `<appid>` when a job names no `chatbot.appid` (required there for channels 0, 5, 6).
+    /// Not the receive id: WXBizMsgCrypt keeps using `appid`, the platform APPID.
+    #[serde(default)]
+    pub oa_appid: Option<String>,
     // wecom
     #[serde(default)]
     pub corpid: Option<String>,
@@ -130,6 +135,9 @@ impl crate::domain::account::AccountView for AccountConfig {
     }
     fn default_channel(&self) -> i64 {
         self.default_channel
+    }
+    fn oa_appid(&self) -> Option<&str> {
+        self.oa_appid.as_deref().filter(|s| !s.is_empty())
     }
 }
 

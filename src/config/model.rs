@@ -234,6 +234,10 @@ pub struct RetryConfig {
     /// Override of the platform's minimum throttle pause (WeCom 45009: 60 s). Only for
     /// tests and simulators: against the real platform, pausing less extends the block.
     pub throttle_pause_secs: Option<u64>,
+    /// Retries (with the backoff above) of an errcode the errcode table does not know, before
+    /// the job is dead-lettered as `unknown_errcode`: one odd code in a fault burst should not
+    /// cost the job, a persistent one is more likely a request problem.
+    pub unknown_errcode_retries: u32,
 }
 
 impl Default for RetryConfig {
@@ -248,6 +252,7 @@ impl Default for RetryConfig {
             pause_initial_secs: 5,
             pause_max_secs: 300,
             throttle_pause_secs: None,
+            unknown_errcode_retries: 2,
         }
     }
 }

@@ -16,4 +16,9 @@ pub trait AccountView {
     fn appid(&self) -> Option<&str>;
     /// Chatbot: the `channel` rendered when a job names none.
     fn default_channel(&self) -> i64;
+    /// Chatbot: the account's default Official Account / Mini Program appid (`oa_appid`),
+    /// rendered in `<appid>` when a job names no `chatbot.appid`.
+    fn oa_appid(&self) -> Option<&str> {
+        None
+    }
 }

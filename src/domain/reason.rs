@@ -74,6 +74,9 @@ reasons! {
     InvalidNotAfter = "invalid_not_after",
     /// The `chatbot` extras are malformed.
     InvalidChatbot = "invalid_chatbot",
+    /// A chatbot job for sendmsg channel 0, 5 or 6 names no `chatbot.appid` and its account has
+    /// no `oa_appid`: the platform needs the Official Account / Mini Program appid there.
+    MissingAppid = "missing_appid",
     /// An event_reply has no usable `code`.
     InvalidCode = "invalid_code",
     /// A transfer's `service_state`/`servicer_userid`/`kefustate` are missing or inconsistent.

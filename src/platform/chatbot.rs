@@ -19,7 +19,9 @@ impl Platform {
                 msg: "no encoding_aes_key configured".into(),
             };
         };
-        let appid = self.account.appid.as_deref().unwrap_or("");
+        // `<appid>` is the OA / mini-program appid (job, else `oa_appid`); the platform APPID
+        // is only the receive id `crypt` encrypts with.
+        let appid = job::chatbot_appid(job, &self.account);
         let (path, xml) = match &job.kind {
             JobKind::Transfer(tr) => (
                 "kefustate/change",
@@ -52,17 +54,18 @@ impl Platform {
         call(post_json(&self.http, url, body.into())).await
     }
 
-    /// Chatbot `kefustate/get`: is a human serving this user?
-    pub async fn chatbot_human_serving(&self, openid: &str) -> Result<bool, CallResult> {
+    /// Chatbot `kefustate/get`: is a human serving the job's user? `<appid>` as for the job's
+    /// sendmsg ([`job::chatbot_appid`]).
+    pub async fn chatbot_human_serving(&self, job: &Job) -> Result<bool, CallResult> {
         let Some(crypt) = &self.crypt else {
             return Ok(false);
         };
-        let appid = self.account.appid.as_deref().unwrap_or("");
+        let appid = job::chatbot_appid(job, &self.account);
         let (res, v) = self
             .chatbot_call(
                 crypt,
                 "kefustate/get",
-                &job::chatbot_kefustate_get_xml(appid, openid),
+                &job::chatbot_kefustate_get_xml(appid, &job.to),
             )
             .await;
         match res {

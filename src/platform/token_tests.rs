@@ -88,6 +88,7 @@ fn account() -> AccountConfig {
         rate: Rate::default(),
         appid: None,
         default_channel: 0,
+        oa_appid: None,
         corpid: Some("ww1".into()),
         secret: Secret::new("s"),
         secret_file: None,

@@ -3,8 +3,14 @@
 //! [`classify`] is a pure function of the channel, the API and the call's result. "HTTP 200 with
 //! errcode ≠ 0" is the common failure shape of both platforms and a first-class case here. The
 //! table follows `shared/reference/wechat-api.md`; the README reproduces it for operators.
-//! Anything the table does not know is dead-lettered as [`Reason::UnknownErrcode`] (replayable) rather
-//! than retried blindly: an unknown code is more often a request problem than a transient one.
+//!
+//! Codes WeChat uses across its APIs (-1 system busy, 45009 / 45011 frequency and minute quota,
+//! 45033 too many concurrent calls) mean the same on both channels: the Dialogue platform's
+//! gateway answers them too. Anything the table does not know classifies as
+//! [`Reason::UnknownErrcode`]; [`with_unknown_retries`] (applied by the retry schedule, which
+//! knows the job's attempts) retries it a few times with backoff first, since one odd code in a
+//! fault burst should not cost the job, and then dead-letters it (replayable): an unknown code
+//! that persists is more often a request problem than a transient one.
 
 use std::time::Duration;
 
@@ -54,6 +60,9 @@ pub enum Action {
 
 /// WeCom's minute-level frequency block lasts 60 s; asking earlier only extends it.
 pub const WECOM_THROTTLE_PAUSE: Duration = Duration::from_secs(60);
+/// WeChat's API-wide frequency codes (45009, 45011) block for at least a minute on every API
+/// that uses them, the Dialogue platform's included: the same pause as WeCom's.
+pub const FREQUENCY_LIMIT_PAUSE: Duration = WECOM_THROTTLE_PAUSE;
 /// The Dialogue platform says "too frequent" without a duration; a short pause and a probe.
 pub const CHATBOT_THROTTLE_PAUSE: Duration = Duration::from_secs(5);
 
@@ -82,6 +91,12 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
         CallResult::Http(_) => config,
         CallResult::Errcode { code, .. } => match (channel, api, *code) {
             (_, _, 0) => Deliver,
+            // ---- WeChat-wide codes: the same action on both channels ----
+            (_, _, -1) => Retry { transport: false }, // system busy
+            (_, _, 45009 | 45011) => Throttle {
+                min_pause: FREQUENCY_LIMIT_PAUSE, // frequency / minute quota
+            },
+            (_, _, 45033) => Retry { transport: false }, // too many concurrent calls
             // ---- Dialogue Open Platform ----
             (Channel::Chatbot, _, 1001) => config, // TOKEN invalid
             (Channel::Chatbot, _, 1002) => config, // bot failed review
@@ -93,14 +108,8 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
             (Channel::Chatbot, _, 210205) => Throttle {
                 min_pause: CHATBOT_THROTTLE_PAUSE,
             },
-            (Channel::Chatbot, _, -1) => Retry { transport: false },
             // ---- WeCom ----
-            (Channel::Wecom, _, -1) => Retry { transport: false }, // system busy
-            (Channel::Wecom, _, 45009) => Throttle {
-                min_pause: WECOM_THROTTLE_PAUSE,
-            },
-            (Channel::Wecom, _, 45033) => Retry { transport: false }, // too many concurrent calls
-            (Channel::Wecom, Api::GetToken, 40001) => config,         // wrong secret
+            (Channel::Wecom, Api::GetToken, 40001) => config, // wrong secret
             (Channel::Wecom, Api::Business, 40001 | 40014 | 42001 | 41001) => RefreshToken,
             (Channel::Wecom, Api::GetToken, 40014 | 42001 | 41001) => config,
             (Channel::Wecom, _, 40013 | 40091 | 48002 | 60020 | 95017) => config,
@@ -115,6 +124,20 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
             (Channel::Wecom, _, 95007) => dead(Reason::InvalidSyncToken),
             _ => dead(Reason::UnknownErrcode),
         },
+    }
+}
+
+/// `action` for a job's `attempt`-th attempt (1-based): an [`Reason::UnknownErrcode`] dead letter
+/// becomes a plain retry while `attempt <= unknown_retries`, so a truly unknown code is tried
+/// `1 + unknown_retries` times (with the schedule's backoff) before it is dead-lettered.
+/// Every other action is returned unchanged.
+pub fn with_unknown_retries(action: Action, attempt: u32, unknown_retries: u32) -> Action {
+    match action {
+        Action::DeadLetter {
+            reason: Reason::UnknownErrcode,
+            ..
+        } if attempt <= unknown_retries => Action::Retry { transport: false },
+        other => other,
     }
 }
 
@@ -167,6 +190,21 @@ mod tests {
             (Wecom, b, 40001, Action::RefreshToken),
             (Wecom, b, 95018, Action::HumanServing),
         ];
+        // WeChat-wide codes: the same action on both channels.
+        let throttle = Action::Throttle {
+            min_pause: FREQUENCY_LIMIT_PAUSE,
+        };
+        let shared: Vec<(i64, Action)> = vec![
+            (-1, Action::Retry { transport: false }),
+            (45009, throttle.clone()),
+            (45011, throttle),
+            (45033, Action::Retry { transport: false }),
+        ];
+        let mut table = table;
+        for (c, want) in shared {
+            table.push((Chatbot, b, c, want.clone()));
+            table.push((Wecom, b, c, want));
+        }
         for (ch, api, c, want) in table {
             assert_eq!(classify(ch, api, &code(c)), want, "{ch:?} {c}");
         }
@@ -203,7 +241,7 @@ mod tests {
             (Wecom, b, 95013, "session_closed", false),
             (Wecom, b, 95007, "invalid_sync_token", false),
             (Wecom, b, 12345, "unknown_errcode", false),
-            (Chatbot, b, 45009, "unknown_errcode", false),
+            (Chatbot, b, 99999, "unknown_errcode", false),
         ];
         for (ch, api, c, want, alert) in dead {
             let got = classify(ch, api, &code(c));
@@ -218,6 +256,29 @@ mod tests {
             );
             assert_eq!(reason(got), want);
         }
+    }
+
+    #[test]
+    fn unknown_errcodes_are_retried_a_few_times_then_dead_lettered() {
+        for ch in [Chatbot, Wecom] {
+            let unknown = classify(ch, Api::Business, &code(99999));
+            assert_eq!(reason(unknown.clone()), "unknown_errcode");
+            let per_attempt: Vec<Action> = (1..=4)
+                .map(|attempt| with_unknown_retries(unknown.clone(), attempt, 2))
+                .collect();
+            let retry = Action::Retry { transport: false };
+            assert_eq!(
+                per_attempt,
+                [retry.clone(), retry, unknown.clone(), unknown.clone()],
+                "{ch:?}: attempts 1 and 2 retry, 3 and later dead-letter"
+            );
+            assert_eq!(with_unknown_retries(unknown.clone(), 1, 0), unknown);
+        }
+        // Known codes keep their action whatever the attempt.
+        let known = classify(Chatbot, Api::Business, &code(3014));
+        assert_eq!(with_unknown_retries(known.clone(), 1, 2), known);
+        let throttle = classify(Chatbot, Api::Business, &code(45009));
+        assert_eq!(with_unknown_retries(throttle.clone(), 1, 2), throttle);
     }
 
     #[test]

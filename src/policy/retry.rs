@@ -6,6 +6,9 @@
 
 use std::time::Duration;
 
+use super::errcode::{Action, Api, CallResult, classify, with_unknown_retries};
+use crate::domain::channel::Channel;
+
 /// The numbers of `config.retry` that shape one job's retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrySchedule {
@@ -21,6 +24,9 @@ pub struct RetrySchedule {
     /// Durable delay tiers (seconds); park n uses tier min(n, last). Never empty (config
     /// validation), but an empty list parks nowhere: the job is dead-lettered.
     pub tiers_secs: Vec<u64>,
+    /// Retries of an errcode the table does not know before it is dead-lettered as
+    /// `unknown_errcode` (see [`with_unknown_retries`]).
+    pub unknown_errcode_retries: u32,
 }
 
 /// What to do after a transient failure.
@@ -36,6 +42,24 @@ pub enum RetryStep {
 }
 
 impl RetrySchedule {
+    /// The action for the job's `attempts`-th attempt (1-based) that got `result`: the errcode
+    /// table ([`classify`]), an unknown errcode retried while the job's attempts are within
+    /// `unknown_errcode_retries`.
+    pub fn classify(
+        &self,
+        channel: Channel,
+        api: Api,
+        result: &CallResult,
+        attempts: i32,
+    ) -> Action {
+        let attempt = u32::try_from(attempts).unwrap_or(0);
+        with_unknown_retries(
+            classify(channel, api, result),
+            attempt,
+            self.unknown_errcode_retries,
+        )
+    }
+
     /// The wait before in-process retry `retry` (0-based) without jitter: the initial
     /// backoff doubling up to the max (an initial backoff above the max is used once, then
     /// the max). `None` once the in-process attempts are spent.

@@ -9,6 +9,7 @@ fn schedule() -> RetrySchedule {
         max_backoff: Duration::from_millis(5_000),
         total_budget: Duration::from_secs(3_600),
         tiers_secs: vec![5, 30, 120, 600],
+        unknown_errcode_retries: 2,
     }
 }
 

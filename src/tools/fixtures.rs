@@ -12,6 +12,9 @@ pub const DEMO_AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 pub const SECOND_AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 /// The APPID of every fixture chatbot account (the WXBizMsgCrypt receive id).
 pub const CHATBOT_APPID: &str = "P5Zb1RfMtW7rS3k";
+/// The Official Account appid of every fixture chatbot account (`oa_appid`: sendmsg's
+/// `<appid>` on channels 0, 5 and 6).
+pub const CHATBOT_OA_APPID: &str = "wx5f2c3e9a1b7d4c60";
 
 /// No rate limit (tests and throughput runs measure the rest of the path).
 pub fn unlimited() -> Rate {
@@ -43,6 +46,7 @@ pub fn chatbot_account(name: &str, base_url: &str, token: &str) -> AccountConfig
         rate: unlimited(),
         appid: Some(CHATBOT_APPID.into()),
         default_channel: 0,
+        oa_appid: Some(CHATBOT_OA_APPID.into()),
         corpid: None,
         secret: Secret::default(),
         secret_file: None,
@@ -71,6 +75,7 @@ pub fn wecom_account(
         rate: unlimited(),
         appid: None,
         default_channel: 0,
+        oa_appid: None,
         corpid: Some(corpid.into()),
         secret: Secret::new(secret),
         secret_file: None,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use wxdispatch::broker;
+use wxdispatch::tools::fixtures;
 use wxdispatch::tools::simulate::{Faults, SimOptions};
 
 use crate::harness::{Env, chatbot_account, wecom_account};
@@ -73,7 +74,10 @@ async fn every_message_type_of_both_channels_is_delivered_exactly() {
             }
             "chatbot" => {
                 let xml = a.plaintext.as_deref().expect("chatbot plaintext recorded");
-                assert_eq!(xml_field(xml, "appid").as_deref(), Some("P5Zb1RfMtW7rS3k"));
+                assert_eq!(
+                    xml_field(xml, "appid").as_deref(),
+                    Some(fixtures::CHATBOT_OA_APPID)
+                );
                 assert_eq!(xml_field(xml, "openid").as_deref(), Some("oUser-1"));
                 assert_eq!(xml_field(xml, "channel").as_deref(), Some("0"));
                 let msg = xml_field(xml, "msg").unwrap();
@@ -85,34 +89,16 @@ async fn every_message_type_of_both_channels_is_delivered_exactly() {
                         let (ty, p) = m.as_object().unwrap().iter().next().unwrap();
                         match ty.as_str() {
                             "text" => p.as_str() == Some(msg.as_str()),
-                            // multimsg items travel as strings: text as is, rich types as JSON text
+                            // multimsg items: a text item its string, a rich item its object
                             "multimsg" => {
                                 let items: Vec<Value> = p
                                     .as_array()
                                     .unwrap()
                                     .iter()
-                                    .map(|it| match it.get("text") {
-                                        Some(t) => t.clone(),
-                                        None => Value::String(it.to_string()),
-                                    })
+                                    .map(|it| it.get("text").cloned().unwrap_or(it.clone()))
                                     .collect();
-                                let got: Option<Value> = serde_json::from_str(&msg).ok();
-                                let got_items = got
-                                    .as_ref()
-                                    .and_then(|g| g["multimsg"].as_array())
-                                    .cloned()
-                                    .unwrap_or_default();
-                                got_items.len() == items.len()
-                                    && got_items.iter().zip(&items).all(|(g, w)| {
-                                        match (g.as_str(), w.as_str()) {
-                                            (Some(g), Some(w)) if g == w => true,
-                                            (Some(g), Some(w)) => {
-                                                serde_json::from_str::<Value>(g).ok()
-                                                    == serde_json::from_str::<Value>(w).ok()
-                                            }
-                                            _ => false,
-                                        }
-                                    })
+                                serde_json::from_str::<Value>(&msg).ok()
+                                    == Some(json!({ "multimsg": items }))
                             }
                             _ => serde_json::from_str::<Value>(&msg).ok().as_ref() == Some(m),
                         }
@@ -123,7 +109,7 @@ async fn every_message_type_of_both_channels_is_delivered_exactly() {
                     assert_eq!(
                         xml,
                         format!(
-                            "<xml><appid><![CDATA[P5Zb1RfMtW7rS3k]]></appid><openid><![CDATA[oUser-1]]></openid><msg><![CDATA[{text}]]></msg><channel>0</channel></xml>"
+                            "<xml><appid><![CDATA[wx5f2c3e9a1b7d4c60]]></appid><openid><![CDATA[oUser-1]]></openid><msg><![CDATA[{text}]]></msg><channel>0</channel></xml>"
                         )
                     );
                     checked_text = true;

@@ -38,6 +38,9 @@ pub fn write_config(env: &Env, dir: &std::path::Path) -> std::path::PathBuf {
         if let Some(x) = &a.appid {
             text.push_str(&format!("appid = \"{x}\"\n"));
         }
+        if let Some(x) = &a.oa_appid {
+            text.push_str(&format!("oa_appid = \"{x}\"\n"));
+        }
         if let Some(x) = &a.corpid {
             text.push_str(&format!("corpid = \"{x}\"\n"));
         }

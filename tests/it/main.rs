@@ -18,5 +18,6 @@ mod inbound;
 mod inbound_nul;
 mod kf;
 mod ops;
+mod platform_fixes;
 mod retry;
 mod text_secrets;

@@ -7,7 +7,7 @@ use wxdispatch::tools::simulate::{Faults, SimOptions};
 
 use crate::harness::{Env, chatbot_account, wecom_account};
 
-async fn wait_status(env: &Env, job: &str, want: &str, timeout: Duration) {
+pub(crate) async fn wait_status(env: &Env, job: &str, want: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         if env.status_of(job).await.as_deref() == Some(want) {

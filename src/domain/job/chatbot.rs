@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 use super::fields::{Fields, R, Reject, check_count, clip, clip_plain, reject, show, type_name};
 use super::model::ChatbotExtras;
 use super::render::xml_char_ok;
+use crate::domain::account::AccountView;
 use crate::domain::reason::Reason;
 
 // --- Dialogue Open Platform (chatbot) sendmsg: the platform documents no size limits for `msg`.
@@ -22,6 +23,11 @@ pub const CHATBOT_NEWS_MAX_ARTICLES: usize = 8;
 pub const CHATBOT_MULTIMSG_MAX_ITEMS: usize = 10;
 /// Message types of the chatbot sendmsg `msg` (CONTRACT.md §4, wechat-api.md "Rich msg").
 pub const CHATBOT_MSGTYPES: [&str; 5] = ["text", "news", "image", "miniprogrampage", "multimsg"];
+/// The sendmsg channels whose `<appid>` must carry the Official Account or Mini Program appid
+/// (sendmsg: "当渠道为0、5、6时，请传入公众号或小程序的appid"; kefustate/get says the same): 0 OA /
+/// mini program bound by scan, 5 OA menu H5, 6 mini-program plugin. On the others (7 web H5,
+/// 9 WeChat kf) it may be left out.
+pub const CHATBOT_CHANNELS_NEEDING_APPID: [i64; 3] = [0, 5, 6];
 /// Values of the chatbot `event` field (sendmsg "事件列表").
 pub const CHATBOT_EVENTS: [&str; 4] = [
     "waiterQualityEvaluate",
@@ -30,7 +36,29 @@ pub const CHATBOT_EVENTS: [&str; 4] = [
     "waiterQuit",
 ];
 
-pub(super) fn chatbot_extras_of(v: Option<&Value>) -> R<ChatbotExtras> {
+/// The job's `chatbot` extras, checked against the account: on the channels of
+/// [`CHATBOT_CHANNELS_NEEDING_APPID`] an appid must come from the job (`chatbot.appid`) or the
+/// account (`oa_appid`), else the job is rejected as `missing_appid`.
+pub(super) fn chatbot_extras_of(v: Option<&Value>, account: &dyn AccountView) -> R<ChatbotExtras> {
+    let extras = chatbot_extras_fields(v)?;
+    let channel = extras.channel.unwrap_or(account.default_channel());
+    if CHATBOT_CHANNELS_NEEDING_APPID.contains(&channel)
+        && extras.appid.is_none()
+        && account.oa_appid().is_none()
+    {
+        return reject(
+            Reason::MissingAppid,
+            format!(
+                "chatbot.appid: missing, and account {} has no oa_appid; channel {channel} needs \
+                 the Official Account or Mini Program appid",
+                clip(account.name())
+            ),
+        );
+    }
+    Ok(extras)
+}
+
+fn chatbot_extras_fields(v: Option<&Value>) -> R<ChatbotExtras> {
     let map = match v {
         None | Some(Value::Null) => return Ok(ChatbotExtras::default()),
         Some(Value::Object(map)) => map,
@@ -89,7 +117,8 @@ pub(super) fn chatbot_extras_of(v: Option<&Value>) -> R<ChatbotExtras> {
         kefuname: string("kefuname")?,
         kefuavatar: string("kefuavatar")?,
         ans_node_name: string("ans_node_name")?,
-        appid: string("appid")?,
+        // An empty appid is no appid: the account's `oa_appid` stands in for it.
+        appid: string("appid")?.filter(|s| !s.is_empty()),
     })
 }
 

@@ -58,14 +58,14 @@ pub use crate::domain::ids::{
 };
 pub use crate::domain::reason::Reason;
 pub use chatbot::{
-    CHATBOT_EVENTS, CHATBOT_MSGTYPES, CHATBOT_MULTIMSG_MAX_ITEMS, CHATBOT_NEWS_MAX_ARTICLES,
-    CHATBOT_TEXT_MAX_BYTES,
+    CHATBOT_CHANNELS_NEEDING_APPID, CHATBOT_EVENTS, CHATBOT_MSGTYPES, CHATBOT_MULTIMSG_MAX_ITEMS,
+    CHATBOT_NEWS_MAX_ARTICLES, CHATBOT_TEXT_MAX_BYTES,
 };
 pub use model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Transfer, fan_out};
 pub use parse::{MAX_BROADCAST_RECIPIENTS, parse};
 pub use render::{
-    chatbot_kefustate_change_xml, chatbot_kefustate_get_xml, chatbot_sendmsg_xml, wecom_event_body,
-    wecom_send_body,
+    chatbot_appid, chatbot_kefustate_change_xml, chatbot_kefustate_get_xml, chatbot_sendmsg_xml,
+    wecom_event_body, wecom_send_body,
 };
 pub use wecom::{
     WECOM_EVENT_MSGTYPES, WECOM_LINK_DESC_MAX_BYTES, WECOM_LINK_TITLE_MAX_BYTES,

@@ -80,9 +80,8 @@ pub struct ChatbotExtras {
     pub kefuname: Option<String>,
     pub kefuavatar: Option<String>,
     pub ans_node_name: Option<String>,
-    /// The OA / mini-program appid. Validated and kept, but not rendered: the contract puts the
-    /// platform APPID in sendmsg's `<appid>` and the format has no other field for it (see
-    /// [`super::chatbot_sendmsg_xml`]).
+    /// The OA / mini-program appid, rendered in sendmsg's and kefustate's `<appid>` (else the
+    /// account's `oa_appid`; see [`super::chatbot_appid`]). `None` when absent or empty.
     pub appid: Option<String>,
 }
 

@@ -138,7 +138,7 @@ fn parse_fields(obj: &Map<String, Value>, job_id: &str, account: &dyn AccountVie
     let not_after = not_after_of(obj.get("not_after"))?;
 
     let chatbot = match channel {
-        Channel::Chatbot => chatbot_extras_of(obj.get("chatbot"))?,
+        Channel::Chatbot => chatbot_extras_of(obj.get("chatbot"), account)?,
         Channel::Wecom => ChatbotExtras::default(),
     };
 

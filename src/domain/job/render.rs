@@ -12,10 +12,11 @@ use crate::domain::account::AccountView;
 pub(super) use crate::xml::{char_ok as xml_char_ok, push_cdata_element};
 
 /// The sendmsg `msg` string of one chatbot message: a text is the string itself; a rich message
-/// is the JSON string `{"<type>": payload}`; a multimsg is `{"multimsg": [...]}` whose items are
-/// themselves `msg` strings (a text item the bare string, a rich item its JSON string). The
-/// platform's answer examples show text items as strings (`{"multimsg":["first text"]}`); that
-/// rich items are likewise JSON *strings*, not nested objects, is *unverified*.
+/// is the JSON string `{"<type>": payload}`; a multimsg is the JSON string
+/// `{"multimsg": [...]}` whose items are JSON values inside the one array: a text item the bare
+/// string, a rich item its object (`{"image": {...}}`), as the platform's own combined answers
+/// show them (`{"multimsg": ["Hello,", {"image": {...}}, {"miniprogrampage": {...}}]}`). A rich
+/// item as a JSON-encoded *string* would be shown as text.
 fn chatbot_msg(msgtype: &str, payload: &Value) -> String {
     match (msgtype, payload) {
         ("text", Value::String(s)) => s.clone(),
@@ -24,17 +25,7 @@ fn chatbot_msg(msgtype: &str, payload: &Value) -> String {
             _ => String::new(),
         },
         ("multimsg", Value::Array(items)) => {
-            let parts: Vec<Value> = items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) => Value::String(s.clone()),
-                    Value::Object(map) => match map.iter().next() {
-                        Some((ty, inner)) => Value::String(chatbot_msg(ty, inner)),
-                        None => Value::String(String::new()),
-                    },
-                    other => Value::String(other.to_string()),
-                })
-                .collect();
+            let parts: Vec<Value> = items.iter().map(multimsg_item).collect();
             json!({ "multimsg": parts }).to_string()
         }
         (ty, payload) => {
@@ -45,20 +36,34 @@ fn chatbot_msg(msgtype: &str, payload: &Value) -> String {
     }
 }
 
+/// One rendered `multimsg` item. Validated items are one-key objects (see [`Message`]): a text
+/// becomes its bare string, a rich item stays the object `{"<type>": payload}`.
+fn multimsg_item(item: &Value) -> Value {
+    match item {
+        Value::Object(map) if map.len() == 1 => match map.iter().next() {
+            Some((ty, inner)) if ty == "text" => Value::String(chatbot_msg(ty, inner)),
+            _ => item.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+/// The `<appid>` of a chatbot job's sendmsg / kefustate plaintext: the job's `chatbot.appid`,
+/// else the account's `oa_appid` (the Official Account or Mini Program appid), else none (the
+/// element is left out, as channels 7 and 9 allow; [`super::parse`] rejects a job for channel
+/// 0, 5 or 6 that has neither). Never the platform APPID: that is the WXBizMsgCrypt receive id.
+pub fn chatbot_appid<'a>(job: &'a Job, account: &'a impl AccountView) -> Option<&'a str> {
+    job.chatbot.appid.as_deref().or(account.oa_appid())
+}
+
 /// Chatbot sendmsg plaintext XML:
-/// `<xml><appid/><openid/><msg/><channel>N</channel>[<event/><kefuname/><kefuavatar/><ans_node_name/>]</xml>`,
+/// `<xml>[<appid/>]<openid/><msg/><channel>N</channel>[<event/><kefuname/><kefuavatar/><ans_node_name/>]</xml>`,
 /// strings in CDATA.
 ///
-/// `appid` is `account.appid`, the platform APPID (CONTRACT.md §2; the simulator checks it).
-/// `job.chatbot.appid` (the OA / mini-program appid) is deliberately not rendered: the format has
-/// no separate field for it. Note that the platform's third-party-kefu sendmsg page describes
-/// `<appid>` itself as "当渠道为0、5、6时，请传入公众号或小程序的appid，渠道为7时非必填或传入token";
-/// if that turns out to be what the platform enforces, `<appid>` should become
-/// `job.chatbot.appid` with this APPID as the fallback (a one-line change here).
-/// `channel`: `job.chatbot.channel`, else `account.default_channel`.
+/// `<appid>`: see [`chatbot_appid`]. `channel`: `job.chatbot.channel`, else
+/// `account.default_channel`.
 pub fn chatbot_sendmsg_xml(job: &Job, account: &impl AccountView) -> String {
     let extras = &job.chatbot;
-    let appid = account.appid().unwrap_or("");
     let msg = job
         .message
         .as_ref()
@@ -68,7 +73,9 @@ pub fn chatbot_sendmsg_xml(job: &Job, account: &impl AccountView) -> String {
 
     let mut out = String::with_capacity(128 + msg.len());
     out.push_str("<xml>");
-    push_cdata_element(&mut out, "appid", appid);
+    if let Some(appid) = chatbot_appid(job, account) {
+        push_cdata_element(&mut out, "appid", appid);
+    }
     push_cdata_element(&mut out, "openid", &job.to);
     push_cdata_element(&mut out, "msg", &msg);
     out.push_str(&format!("<channel>{channel}</channel>"));
@@ -86,20 +93,26 @@ pub fn chatbot_sendmsg_xml(job: &Job, account: &impl AccountView) -> String {
     out
 }
 
-/// Chatbot kefustate/get plaintext XML: appid, openid, `type` = `simple`.
-pub fn chatbot_kefustate_get_xml(appid: &str, openid: &str) -> String {
+/// Chatbot kefustate/get plaintext XML: appid (when there is one, see [`chatbot_appid`]),
+/// openid, `type` = `simple`.
+pub fn chatbot_kefustate_get_xml(appid: Option<&str>, openid: &str) -> String {
     let mut out = String::from("<xml>");
-    push_cdata_element(&mut out, "appid", appid);
+    if let Some(appid) = appid {
+        push_cdata_element(&mut out, "appid", appid);
+    }
     push_cdata_element(&mut out, "openid", openid);
     push_cdata_element(&mut out, "type", "simple");
     out.push_str("</xml>");
     out
 }
 
-/// Chatbot kefustate/change plaintext XML: appid, openid, kefustate (`on` | `off`).
-pub fn chatbot_kefustate_change_xml(appid: &str, openid: &str, kefustate: &str) -> String {
+/// Chatbot kefustate/change plaintext XML: appid (when there is one, see [`chatbot_appid`]),
+/// openid, kefustate (`on` | `off`).
+pub fn chatbot_kefustate_change_xml(appid: Option<&str>, openid: &str, kefustate: &str) -> String {
     let mut out = String::from("<xml>");
-    push_cdata_element(&mut out, "appid", appid);
+    if let Some(appid) = appid {
+        push_cdata_element(&mut out, "appid", appid);
+    }
     push_cdata_element(&mut out, "openid", openid);
     push_cdata_element(&mut out, "kefustate", kefustate);
     out.push_str("</xml>");

@@ -3,8 +3,10 @@
 use serde_json::{Value, json};
 
 use super::render::push_cdata_element;
-use super::tests::{chatbot, ok, wecom};
+use super::tests::{MAX, TestAccount, chatbot, ok, wecom};
 use super::*;
+use crate::domain::account::AccountView;
+use crate::domain::channel::Channel;
 
 #[test]
 fn renders_chatbot_sendmsg_text() {
@@ -14,8 +16,9 @@ fn renders_chatbot_sendmsg_text() {
     );
     assert_eq!(
         chatbot_sendmsg_xml(&j, &chatbot()),
-        "<xml><appid><![CDATA[PLATFORMAPPID01]]></appid><openid><![CDATA[oUser]]></openid>\
-         <msg><![CDATA[Hi ]]]]><![CDATA[> there]]></msg><channel>7</channel></xml>"
+        "<xml><openid><![CDATA[oUser]]></openid>\
+         <msg><![CDATA[Hi ]]]]><![CDATA[> there]]></msg><channel>7</channel></xml>",
+        "channel 7, no appid on the job or the account: <appid> left out"
     );
 }
 
@@ -27,21 +30,113 @@ fn renders_chatbot_sendmsg_extras_and_rich() {
                "chatbot": {"channel": 0, "event": "waiterEnter", "kefuname": "Ann", "kefuavatar": "https://a.png",
                            "ans_node_name": "Billing", "appid": "wxOA"}}),
     );
-    // The OA appid of the extras is not rendered: <appid> is the platform APPID.
+    // <appid> is the job's OA appid, not the platform APPID (that is only the receive id).
     assert_eq!(
         chatbot_sendmsg_xml(&j, &chatbot()),
-        "<xml><appid><![CDATA[PLATFORMAPPID01]]></appid><openid><![CDATA[oUser]]></openid>\
+        "<xml><appid><![CDATA[wxOA]]></appid><openid><![CDATA[oUser]]></openid>\
          <msg><![CDATA[{\"image\":{\"url\":\"https://i/1.png\"}}]]></msg><channel>0</channel>\
          <event><![CDATA[waiterEnter]]></event><kefuname><![CDATA[Ann]]></kefuname>\
          <kefuavatar><![CDATA[https://a.png]]></kefuavatar><ans_node_name><![CDATA[Billing]]></ans_node_name></xml>"
     );
 }
 
+/// An account with a default OA appid (`oa_appid`), else as [`chatbot`].
+struct WithOaAppid(TestAccount, Option<&'static str>);
+
+impl AccountView for WithOaAppid {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn channel(&self) -> Channel {
+        self.0.channel()
+    }
+    fn open_kfids(&self) -> &[String] {
+        self.0.open_kfids()
+    }
+    fn appid(&self) -> Option<&str> {
+        self.0.appid()
+    }
+    fn default_channel(&self) -> i64 {
+        0
+    }
+    fn oa_appid(&self) -> Option<&str> {
+        self.1
+    }
+}
+
+/// `body` parsed for `account`, which must accept it.
+fn ok_for(account: &impl AccountView, body: Value) -> Job {
+    parse(body.to_string().as_bytes(), None, account, MAX).unwrap_or_else(|e| panic!("{body}: {e}"))
+}
+
+fn appid_element(xml: &str) -> Option<&str> {
+    xml.split("<appid><![CDATA[")
+        .nth(1)
+        .and_then(|s| s.split("]]></appid>").next())
+}
+
 #[test]
-fn renders_chatbot_multimsg_items_as_msg_strings() {
+fn chatbot_appid_is_the_jobs_then_the_accounts_oa_appid() {
+    let with = WithOaAppid(chatbot(), Some("wxDefaultOA"));
+    let without = WithOaAppid(chatbot(), None);
+    let job = |extras: Value| json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "chatbot": extras});
+    // The job's appid wins; else the account's oa_appid; never the platform APPID.
+    let j = ok_for(&with, job(json!({"appid": "wxJobOA"})));
+    assert_eq!(
+        appid_element(&chatbot_sendmsg_xml(&j, &with)),
+        Some("wxJobOA")
+    );
+    assert_eq!(chatbot_appid(&j, &with), Some("wxJobOA"));
+    let j = ok_for(&with, job(json!({})));
+    assert_eq!(
+        appid_element(&chatbot_sendmsg_xml(&j, &with)),
+        Some("wxDefaultOA")
+    );
+    let j = ok_for(&with, job(json!({"appid": ""})));
+    assert_eq!(
+        chatbot_appid(&j, &with),
+        Some("wxDefaultOA"),
+        "empty = absent"
+    );
+    // Channels 0, 5 and 6 need one: without, the job is rejected naming the missing keys.
+    for channel in CHATBOT_CHANNELS_NEEDING_APPID {
+        let e = parse(
+            job(json!({"channel": channel})).to_string().as_bytes(),
+            None,
+            &without,
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "missing_appid");
+        assert!(
+            e.detail.contains("chatbot.appid") && e.detail.contains("oa_appid"),
+            "{}",
+            e.detail
+        );
+        assert_eq!(e.job_id.as_deref(), Some("j"));
+    }
+    // The account's default channel (0 here) counts when the job names none.
+    let e = parse(job(json!({})).to_string().as_bytes(), None, &without, MAX).unwrap_err();
+    assert_eq!(e.reason, "missing_appid");
+    // Channels 7 and 9 may leave <appid> out.
+    for channel in [7, 9] {
+        let j = ok_for(&without, job(json!({"channel": channel})));
+        let xml = chatbot_sendmsg_xml(&j, &without);
+        assert!(xml.starts_with("<xml><openid>"), "{xml}");
+        assert_eq!(chatbot_appid(&j, &without), None);
+    }
+}
+
+#[test]
+fn renders_chatbot_multimsg_rich_items_as_objects() {
+    let mini = json!({"title": "Your order", "appid": "wx1234567890abcdef",
+                      "pagepath": "pages/order?id=1", "thumb_media_id": "THUMB"});
     let j = ok(
         &chatbot(),
-        json!({"job_id": "j", "to": "o", "message": {"multimsg": ["one", {"image": {"media_id": "M"}}]}}),
+        json!({"job_id": "j", "to": "o", "message": {"multimsg": [
+            "Hello,", {"image": {"media_id": "M"}}, {"text": "bye"},
+            "{\"news\":{\"articles\":[{\"title\":\"t\",\"url\":\"u\"}]}}",
+            {"miniprogrampage": mini}]}}),
     );
     let xml = chatbot_sendmsg_xml(&j, &chatbot());
     let msg = xml
@@ -49,18 +144,14 @@ fn renders_chatbot_multimsg_items_as_msg_strings() {
         .nth(1)
         .and_then(|s| s.split("]]></msg>").next())
         .unwrap();
-    assert_eq!(
-        msg,
-        r#"{"multimsg":["one","{\"image\":{\"media_id\":\"M\"}}"]}"#
-    );
     let back: Value = serde_json::from_str(msg).unwrap();
+    // Text items are strings, rich items objects inside the one array (an upstream's
+    // stringified rich item is accepted, and sent as the object).
     assert_eq!(
-        back["multimsg"][1]
-            .as_str()
-            .map(serde_json::from_str::<Value>)
-            .unwrap()
-            .unwrap(),
-        json!({"image": {"media_id": "M"}})
+        back,
+        json!({"multimsg": ["Hello,", {"image": {"media_id": "M"}}, "bye",
+                            {"news": {"articles": [{"title": "t", "url": "u"}]}},
+                            {"miniprogrampage": mini}]})
     );
 }
 
@@ -91,12 +182,17 @@ fn cdata_split_round_trips_through_an_xml_parser() {
 #[test]
 fn renders_kefustate_xml() {
     assert_eq!(
-        chatbot_kefustate_get_xml("APPID", "oU"),
-        "<xml><appid><![CDATA[APPID]]></appid><openid><![CDATA[oU]]></openid><type><![CDATA[simple]]></type></xml>"
+        chatbot_kefustate_get_xml(Some("wxOA"), "oU"),
+        "<xml><appid><![CDATA[wxOA]]></appid><openid><![CDATA[oU]]></openid><type><![CDATA[simple]]></type></xml>"
     );
     assert_eq!(
-        chatbot_kefustate_change_xml("APPID", "oU", "off"),
-        "<xml><appid><![CDATA[APPID]]></appid><openid><![CDATA[oU]]></openid><kefustate><![CDATA[off]]></kefustate></xml>"
+        chatbot_kefustate_change_xml(Some("wxOA"), "oU", "off"),
+        "<xml><appid><![CDATA[wxOA]]></appid><openid><![CDATA[oU]]></openid><kefustate><![CDATA[off]]></kefustate></xml>"
+    );
+    // Without an appid (channels 7, 9) the element is left out.
+    assert_eq!(
+        chatbot_kefustate_get_xml(None, "oU"),
+        "<xml><openid><![CDATA[oU]]></openid><type><![CDATA[simple]]></type></xml>"
     );
 }
 

@@ -84,6 +84,7 @@ fn retry_schedule(r: &RetryConfig) -> RetrySchedule {
         max_backoff: Duration::from_millis(r.max_backoff_ms),
         total_budget: Duration::from_secs(r.total_budget_secs),
         tiers_secs: r.tiers_secs.clone(),
+        unknown_errcode_retries: r.unknown_errcode_retries,
     }
 }
 

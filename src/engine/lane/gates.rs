@@ -81,7 +81,7 @@ async fn query(ctx: &LaneCtx, job: &Job) -> Result<bool, (CallResult, Api)> {
         }
         Channel::Chatbot => ctx
             .platform
-            .chatbot_human_serving(&job.to)
+            .chatbot_human_serving(job)
             .await
             .map_err(|r| (r, Api::Business))?,
     };

@@ -14,7 +14,7 @@ use crate::domain::reason::Reason;
 use crate::engine::hold::hold_until_written;
 use crate::policy::outcome::Outcome;
 use crate::policy::retry::RetryStep;
-use crate::policy::{self, Action, Api, CallResult};
+use crate::policy::{Action, Api, CallResult};
 use crate::store::{Claim, ConvState};
 use crate::telemetry as t;
 
@@ -188,7 +188,7 @@ fn note_error(account: &str, res: &CallResult) -> Option<(Option<i64>, String)> 
 }
 
 /// Attempt the job until it has an outcome: wait out the account's pause, pass the gate,
-/// send (paced), and let [`policy::classify`] and the retry schedule decide what follows.
+/// send (paced), and let [`crate::policy::classify`] and the retry schedule decide what follows.
 ///
 /// Long: one loop whose steps (expiry, pause, gate, call, classify, retry step) read in the
 /// order they happen; cut into pieces, each early return would need its own result type.
@@ -228,7 +228,7 @@ async fn send_with_retries(
             Some(failed) => failed,
             None => call(ctx, job, bulk).await,
         };
-        let action = policy::classify(ctx.account.channel, api, &res);
+        let action = ctx.retry.classify(ctx.account.channel, api, &res, attempts);
         if let Some(e) = note_error(name, &res) {
             last_err = e;
         }

@@ -20,6 +20,7 @@ fn chatbot_push_fields() {
         rate: Default::default(),
         appid: Some("APP".into()),
         default_channel: 0,
+        oa_appid: None,
         corpid: None,
         secret: Default::default(),
         secret_file: None,

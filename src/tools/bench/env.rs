@@ -90,7 +90,7 @@ pub(super) fn account_for(channel: Channel, base_url: &str, rate: Option<(u32, u
     match channel {
         Channel::Chatbot => json!({
             "name": a.name, "channel": "chatbot", "base_url": base_url, "rate": rate,
-            "appid": a.appid, "token": a.token.expose(), "encoding_aes_key": a.encoding_aes_key.expose(),
+            "appid": a.appid, "oa_appid": a.oa_appid, "token": a.token.expose(), "encoding_aes_key": a.encoding_aes_key.expose(),
         }),
         Channel::Wecom => json!({
             "name": a.name, "channel": "wecom", "base_url": base_url, "rate": rate,

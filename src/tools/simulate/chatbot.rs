@@ -14,16 +14,23 @@
 //! | ciphertext is not base64 / not decryptable with the EncodingAESKey | 1019 |
 //! | decrypts, but the receive id is not the account's APPID | 1013 |
 //! | plaintext not UTF-8 or not flat `<xml>` | 1007 |
-//! | `appid` / `openid` (/ `msg`, `kefustate`) missing or empty | 1007 |
-//! | `appid` is not the account's APPID | 1008 |
+//! | `openid` (/ `msg`, `kefustate`) missing or empty | 1007 |
 //! | `channel` not an integer, `event` not one of the four documented | 1007 |
+//! | sendmsg on channel 0, 5 or 6 (or none): `appid` missing or empty | 1007 |
+//! | sendmsg on channel 0, 5 or 6 (or none): `appid` is the bot's platform APPID | 1008 |
 //! | `msg` starts with `{` but is not a rich message (below) | 1007 |
 //!
 //! A `msg` whose first non-blank character is `{` must be a JSON object with exactly one key:
 //! `news` (`articles`: a non-empty array of objects with a `title`), `image` (`media_id` or
 //! `url`), `miniprogrampage` (`title`, `appid`, `pagepath`, and `thumb_media_id` or `thumb_url`)
-//! or `multimsg` (a non-empty array of messages, each a text string, a rich JSON string or a
-//! rich object, not nested `multimsg`). Any other `msg` is plain text (links included).
+//! or `multimsg` (a non-empty array of messages, each a text string or a rich *object*, not
+//! nested `multimsg`; a rich item as a JSON-encoded string is refused, as the platform would
+//! show it as text). Any other `msg` is plain text (links included).
+//!
+//! `<appid>` carries the Official Account / Mini Program appid on sendmsg channels 0, 5 and 6;
+//! the simulator cannot know that appid, so it refuses only its absence and the bot's platform
+//! APPID (the receive id, a classic mix-up). On the other channels and on kefustate (whose
+//! request names no channel) `<appid>` is optional and not checked.
 //!
 //! Deliberate simplification: the platform's behaviour when a human serves the user
 //! (kefustate on) and the bot still sends is unverified; the simulator accepts the message and
@@ -105,19 +112,40 @@ fn open(st: &SimState, token: &str, body: &[u8], api: Api) -> Result<Opened, Out
     let plaintext = decrypt_body(acct.crypt.as_ref(), body).map_err(fail)?;
     let fields = xml::parse(&plaintext)
         .map_err(|e| fail(ApiErr::hint(code::BOT_FIELDS, format!("plaintext: {e}"))))?;
-    let appid = required(&fields, "appid").map_err(fail)?;
     required(&fields, "openid").map_err(fail)?;
-    if appid != acct.cfg.receive_id() {
-        return Err(fail(ApiErr::hint(
-            code::BOT_APPID,
-            "appid is not this bot's APPID",
-        )));
-    }
     Ok(Opened {
         account,
         plaintext,
         fields,
     })
+}
+
+/// The sendmsg channels whose `<appid>` is the OA / mini-program appid (see the module docs).
+const CHANNELS_NEEDING_APPID: [i64; 3] = [0, 5, 6];
+
+/// sendmsg's `<appid>` against its `<channel>` (absent = 0): see the module docs.
+fn check_appid(f: &Fields, platform_appid: &str) -> Result<(), ApiErr> {
+    let channel = f
+        .non_empty("channel")
+        .and_then(|c| c.parse::<i64>().ok())
+        .unwrap_or(0);
+    if !CHANNELS_NEEDING_APPID.contains(&channel) {
+        return Ok(());
+    }
+    match f.non_empty("appid") {
+        None => Err(ApiErr::hint(
+            code::BOT_FIELDS,
+            format!("channel {channel}: appid (the Official Account / Mini Program appid) missing"),
+        )),
+        Some(a) if a == platform_appid => Err(ApiErr::hint(
+            code::BOT_APPID,
+            format!(
+                "channel {channel}: appid is the bot's platform APPID; \
+                 it must be the Official Account / Mini Program appid"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 fn required<'a>(f: &'a Fields, name: &str) -> Result<&'a str, ApiErr> {
@@ -211,6 +239,9 @@ fn sendmsg_inner(st: &SimState, token: &str, body: &[u8]) -> Outcome {
             code::BOT_FIELDS,
             format!("unknown event '{ev}'"),
         ));
+    }
+    if let Err(e) = check_appid(&o.fields, st.accounts[o.account].cfg.receive_id()) {
+        return fail(e);
     }
     let msgtype = match rich_type(msg) {
         Ok(t) => t,
@@ -368,9 +399,10 @@ fn rich_value(v: &Value, allow_multi: bool) -> Result<&'static str, String> {
             for (i, item) in items.iter().enumerate() {
                 match item {
                     Value::String(s) if s.trim_start().starts_with('{') => {
-                        let inner: Value = serde_json::from_str(s)
-                            .map_err(|_| format!("multimsg[{i}] is not JSON"))?;
-                        rich_value(&inner, false).map_err(|e| format!("multimsg[{i}]: {e}"))?;
+                        return Err(format!(
+                            "multimsg[{i}] is a JSON-encoded string; a rich item must be an \
+                             object (as a string it would be shown as text)"
+                        ));
                     }
                     Value::String(s) if !s.is_empty() => {}
                     Value::Object(_) => {
@@ -412,7 +444,7 @@ mod tests {
         );
         assert_eq!(
             rich_type(
-                r#"{"multimsg":["hi","{\"image\":{\"url\":\"u\"}}",{"news":{"articles":[{"title":"t"}]}}]}"#
+                r#"{"multimsg":["hi",{"image":{"url":"u"}},{"news":{"articles":[{"title":"t"}]}}]}"#
             ),
             Ok("multimsg")
         );
@@ -422,6 +454,7 @@ mod tests {
             r#"{"image":{}}"#,
             r#"{"miniprogrampage":{"title":"t","appid":"a","pagepath":"p"}}"#,
             r#"{"multimsg":[]}"#,
+            r#"{"multimsg":["hi","{\"image\":{\"url\":\"u\"}}"]}"#,
             r#"{"multimsg":[{"multimsg":["x"]}]}"#,
             r#"{"video":{}}"#,
             r#"{"image":{"url":"u"},"news":{}}"#,

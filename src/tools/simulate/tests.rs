@@ -33,6 +33,7 @@ fn bot_account() -> AccountConfig {
         rate: fast_rate(),
         appid: Some(APPID.into()),
         default_channel: 0,
+        oa_appid: None,
         corpid: None,
         secret: Secret::default(),
         secret_file: None,
@@ -53,6 +54,7 @@ fn kf_account() -> AccountConfig {
         rate: fast_rate(),
         appid: None,
         default_channel: 0,
+        oa_appid: None,
         corpid: Some(CORPID.into()),
         secret: Secret::new(SECRET),
         secret_file: None,
@@ -231,11 +233,10 @@ async fn chatbot_rejections_have_the_platform_errcodes() {
         .await;
     assert_eq!(errcode(&v), 1013, "{v}");
 
-    // Well encrypted, but the XML's appid is another bot's.
-    let v = s
-        .bot("sendmsg", &sendmsg_xml("OTHERAPPID", "oUser1", "hi"))
-        .await;
-    assert_eq!(errcode(&v), 1008);
+    // Well encrypted, but channel 0's appid is the bot's platform APPID, not the OA appid.
+    let channel0 = sendmsg_xml(APPID, "oUser1", "hi").replace("<channel>7<", "<channel>0<");
+    let v = s.bot("sendmsg", &channel0).await;
+    assert_eq!(errcode(&v), 1008, "{v}");
 
     // The callback envelope instead of {"encrypt"}.
     let c = MsgCrypt::new(BOT_TOKEN, KEY, APPID).unwrap();
@@ -273,6 +274,10 @@ async fn chatbot_rejections_have_the_platform_errcodes() {
         sendmsg_xml(APPID, "o", "{broken json"),
         "<xml><appid>BOTAPPID123456</appid><openid>o</openid><msg>hi</msg><event>waiterDance</event></xml>".to_owned(),
         "<xml><appid>BOTAPPID123456</appid><openid>o</openid><msg>hi</msg><channel>web</channel></xml>".to_owned(),
+        // A rich multimsg item as a JSON-encoded string: the platform would show it as text.
+        sendmsg_xml("wxOA", "o", r#"{"multimsg":["hi","{\"image\":{\"url\":\"u\"}}"]}"#),
+        // Channel 6 without an appid.
+        "<xml><openid>o</openid><msg>hi</msg><channel>6</channel></xml>".to_owned(),
     ] {
         assert_eq!(errcode(&s.bot("sendmsg", &xml).await), 1007, "{xml}");
     }
@@ -283,7 +288,7 @@ async fn chatbot_rejections_have_the_platform_errcodes() {
     assert_eq!(counts.get("bot:1019"), Some(&4));
     assert_eq!(counts.get("bot:1013"), Some(&1));
     assert_eq!(counts.get("bot:1008"), Some(&1));
-    assert_eq!(counts.get("bot:1007"), Some(&11));
+    assert_eq!(counts.get("bot:1007"), Some(&13));
 }
 
 #[tokio::test]
