@@ -214,11 +214,12 @@ mod tests {
     /// The words are stored in rows and used by dashboards: pinned.
     #[test]
     fn words_are_pinned() {
-        assert_eq!(Reason::ALL.len(), 35);
+        assert_eq!(Reason::ALL.len(), 36);
         assert_eq!(Reason::ConfigError.as_str(), "config_error");
         assert_eq!(Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert_eq!(Reason::UnknownAccount.as_str(), "unknown_account");
         assert_eq!(Reason::DeliveryLimit.as_str(), "delivery_limit");
+        assert_eq!(Reason::MissingAppid.as_str(), "missing_appid");
         assert_eq!(Reason::InvalidJson.as_str(), "invalid_json");
     }
 }
