@@ -3,8 +3,8 @@
 
 mod account_key;
 mod broadcast;
-mod callback_security;
 mod byte_budget;
+mod callback_security;
 mod conversation;
 mod core;
 mod crash;
@@ -12,8 +12,8 @@ mod dead_letter_digest;
 mod demo;
 mod deploy;
 mod harness;
-mod http_limits;
 mod hold_writes;
+mod http_limits;
 mod inbound;
 mod inbound_nul;
 mod kf;

@@ -185,7 +185,11 @@ mod tests {
     #[test]
     fn prefetch_bytes_caps_the_prefetch_at_the_largest_body() {
         let mut c = Config::default();
-        assert_eq!(effective_prefetch(&c), 64, "256 MiB of 4 MiB bodies by default");
+        assert_eq!(
+            effective_prefetch(&c),
+            64,
+            "256 MiB of 4 MiB bodies by default"
+        );
         c.broker.prefetch_bytes = 0;
         assert_eq!(effective_prefetch(&c), 512, "0: no cap");
         c.broker.prefetch_bytes = 64 * 1024 * 1024;
