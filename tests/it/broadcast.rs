@@ -10,12 +10,13 @@ use crate::harness::{Env, wecom_account};
 
 async fn wait_finished(
     env: &Env,
+    account: &str,
     id: &str,
     timeout: Duration,
 ) -> wxdispatch::engine::broadcast::Progress {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(p) = wxdispatch::engine::broadcast::progress(&env.pool, "kf", id)
+        if let Some(p) = wxdispatch::engine::broadcast::progress(&env.pool, account, id)
             .await
             .unwrap()
             && p.pending == 0
@@ -26,7 +27,7 @@ async fn wait_finished(
         assert!(
             Instant::now() < deadline,
             "broadcast {id} did not finish: {:?}",
-            wxdispatch::engine::broadcast::progress(&env.pool, "kf", id)
+            wxdispatch::engine::broadcast::progress(&env.pool, account, id)
                 .await
                 .unwrap()
         );
@@ -74,7 +75,7 @@ async fn a_broadcast_reaches_every_recipient_once_while_replies_keep_flowing() {
         }
         reply_lat.push(t0.elapsed());
     }
-    let p = wait_finished(&env, "bc-1", Duration::from_secs(60)).await;
+    let p = wait_finished(&env, "kf", "bc-1", Duration::from_secs(60)).await;
     assert_eq!(p.total, n as i64);
     assert_eq!(p.skipped, 2);
     assert_eq!(p.sent, n as i64);
@@ -120,7 +121,11 @@ async fn a_broadcast_reaches_every_recipient_once_while_replies_keep_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
-    let mut env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
+    let mut env = Env::new(
+        |b| vec![wecom_account("kfcancel", b)],
+        SimOptions::default(),
+    )
+    .await;
     env.cfg.accounts[0].rate = wxdispatch::config::Rate {
         per_second: Some(100),
         per_minute: None,
@@ -130,14 +135,14 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     let worker = env.start_worker().await;
     let recipients: Vec<String> = (0..1000).map(|i| format!("wmC{i}")).collect();
     env.publish(
-        "kf",
+        "kfcancel",
         &json!({"kind": "broadcast", "job_id": "bc-2", "to": recipients, "message": {"text": "x"}}),
     )
     .await;
     // let it start
     let t0 = Instant::now();
     loop {
-        let p = wxdispatch::engine::broadcast::progress(&env.pool, "kf", "bc-2")
+        let p = wxdispatch::engine::broadcast::progress(&env.pool, "kfcancel", "bc-2")
             .await
             .unwrap();
         if p.is_some_and(|p| p.sent >= 20) {
@@ -146,11 +151,11 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
         assert!(t0.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let n = wxdispatch::engine::broadcast::cancel(&env.pool, "kf", "bc-2")
+    let n = wxdispatch::engine::broadcast::cancel(&env.pool, "kfcancel", "bc-2")
         .await
         .unwrap();
     assert!(n > 500, "most recipients were still pending ({n})");
-    let p = wait_finished(&env, "bc-2", Duration::from_secs(30)).await;
+    let p = wait_finished(&env, "kfcancel", "bc-2", Duration::from_secs(30)).await;
     assert_eq!(p.sent + p.cancelled, 1000, "{p:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sent_at_sim = env.sim().accepted().len() as i64;
@@ -162,9 +167,40 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     .unwrap();
     assert_eq!(sent_at_sim, sent_rows, "nothing cancelled was sent");
     assert!(
-        wxdispatch::engine::broadcast::cancel(&env.pool, "kf", "nope")
+        wxdispatch::engine::broadcast::cancel(&env.pool, "kfcancel", "nope")
             .await
             .is_err()
+    );
+    // Cancelled recipients count as `cancelled` deliveries, never as duplicates (the account
+    // is this test's own: the metrics recorder is shared by the tests of this process).
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let of = |name: &str, label: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(name) && l.contains("account=\"kfcancel\"") && l.contains(label)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        of("wxdispatch_duplicate_jobs_total", ""),
+        0.0,
+        "cancelled counted as duplicates"
+    );
+    assert_eq!(
+        of("wxdispatch_deliveries_total", "outcome=\"duplicate\""),
+        0.0,
+        "cancelled counted as duplicate deliveries"
+    );
+    assert!(
+        of("wxdispatch_deliveries_total", "outcome=\"cancelled\"") > 0.0,
+        "no cancelled deliveries counted"
     );
     worker.stop().await.unwrap();
     env.cleanup().await;

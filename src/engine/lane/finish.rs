@@ -93,6 +93,13 @@ pub(super) async fn finish(
             acks.settled(delivery.delivery_tag, &delivery.acker);
             return;
         }
+        // A broadcast recipient whose row a cancel ended `cancelled` before it was taken: not
+        // a duplicate publish, but a delivery that ends cancelled.
+        Outcome::Duplicate("cancelled") => {
+            tracing::debug!(account = %name, job.id = job_id.unwrap_or("-"), "broadcast recipient cancelled; not sent");
+            metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "cancelled").increment(1);
+            return settle_after_record(ctx, delivery, acks, job).await;
+        }
         Outcome::Duplicate(s) => {
             metrics::counter!(t::DUPLICATES, "account" => name.clone()).increment(1);
             tracing::debug!(account = %name, job.id = job_id.unwrap_or("-"), status = s, "duplicate job; already recorded");
