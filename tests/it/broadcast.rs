@@ -173,12 +173,7 @@ async fn a_cancelled_broadcast_leaves_pending_recipients_cancelled() {
     );
     // Cancelled recipients count as `cancelled` deliveries, never as duplicates (the account
     // is this test's own: the metrics recorder is shared by the tests of this process).
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.admin_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::metrics_text(&worker).await;
     let of = |name: &str, label: &str| -> f64 {
         metrics
             .lines()

@@ -70,6 +70,17 @@ pub fn rabbitmqctl(args: &[&str]) {
     panic!("rabbitmqctl {args:?}: {last}");
 }
 
+/// The worker's `/metrics` text (admin listener).
+pub async fn metrics_text(worker: &Worker) -> String {
+    let addr = worker.admin_addr.expect("the worker serves /metrics");
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("/metrics body")
+}
+
 /// A chatbot account of the fixtures with a token of its own (the token names the bot).
 pub fn chatbot_account(name: &str, base_url: &str) -> AccountConfig {
     fixtures::chatbot_account(name, base_url, &format!("TOKEN{}", name.replace('-', "")))

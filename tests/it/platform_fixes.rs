@@ -276,12 +276,7 @@ async fn chatbot_45009_throttles_the_account_and_retries() {
     .await;
     wait_status(&env, "t1", "sent", Duration::from_secs(20)).await;
     assert_eq!(attempts_of(&env, "t1").await, 3);
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.admin_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::metrics_text(&worker).await;
     assert!(
         metrics.contains("wxdispatch_lane_pauses_total{account=\"bot\",reason=\"throttled\"}"),
         "the account was paused as throttled"

@@ -160,12 +160,7 @@ async fn a_throttled_account_pauses_without_dead_letters_while_others_flow() {
         last_fast < first_slow,
         "the other account kept flowing while 'slow' was paused"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.admin_addr.unwrap()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::metrics_text(&worker).await;
     assert!(
         metrics.contains("wxdispatch_lane_pauses_total{account=\"slow\",reason=\"throttled\"}"),
         "pause exported"
