@@ -15,6 +15,8 @@
 //! | decrypts, but the receive id is not the account's APPID | 1013 |
 //! | plaintext not UTF-8 or not flat `<xml>` | 1007 |
 //! | `openid` (/ `msg`, `kefustate`) missing or empty | 1007 |
+//! | kefustate/get: `type` not `simple` or `all` (absent = `simple`) | 1007 |
+//! | kefustate/change: `kefustate` not one of the four states or on/off; `expires` not a positive integer, or with on/off | 1007 |
 //! | `channel` not an integer, `event` not one of the four documented | 1007 |
 //! | sendmsg on channel 0, 5 or 6 (or none): `appid` missing or empty | 1007 |
 //! | sendmsg on channel 0, 5 or 6 (or none): `appid` is the bot's platform APPID | 1008 |
@@ -31,6 +33,9 @@
 //! the simulator cannot know that appid, so it refuses only its absence and the bot's platform
 //! APPID (the receive id, a classic mix-up). On the other channels and on kefustate (whose
 //! request names no channel) `<appid>` is optional and not checked.
+//!
+//! kefustate/get answers `{kefustate}` for `type=simple` and `{kefustate, status}` for
+//! `type=all`; the states and their expiry are modelled in [`super::kefu`].
 //!
 //! Deliberate simplification: the platform's behaviour when a human serves the user
 //! (kefustate on) and the bot still sends is unverified; the simulator accepts the message and
