@@ -301,13 +301,7 @@ fn kefustate_change_inner(st: &SimState, token: &str, body: &[u8]) -> Outcome {
         Err(e) => return (Some(o.account), ApiErr::hint(code::BOT_FIELDS, e).into()),
     };
     let openid = o.fields.get("openid").unwrap_or_default().to_owned();
-    lock(&st.conv)
-        .kefu
-        .entry(o.account)
-        .or_default()
-        .entry(openid.clone())
-        .or_default()
-        .apply(change, Instant::now());
+    lock(&st.conv).apply_kefu(o.account, &openid, change);
     let body = fields_json(&o.fields);
     st.accept(
         o.account,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::kefu::KefuEntry;
+use super::kefu::{Change, KefuEntry};
 use super::util::{ID_LEN, now_ms, random_id};
 
 /// WeCom's sync_msg callback Token lifetime.
@@ -94,6 +94,16 @@ impl Conversations {
         self.sync_tokens
             .insert(token.clone(), (kfid.to_owned(), now + SYNC_TOKEN_TTL));
         token
+    }
+
+    /// Apply a kefustate change to a chatbot user's state, now.
+    pub fn apply_kefu(&mut self, account: usize, openid: &str, change: Change) {
+        self.kefu
+            .entry(account)
+            .or_default()
+            .entry(openid.to_owned())
+            .or_default()
+            .apply(change, Instant::now());
     }
 
     /// Append an inbound entry; `msgid` must already be inside `entry`.

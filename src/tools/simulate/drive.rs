@@ -117,13 +117,7 @@ impl SimState {
     pub fn set_kefustate(&self, account: &str, openid: &str, on: bool) {
         let change = if on { Change::On } else { Change::Off };
         if let Some(i) = self.warn_unknown("set_kefustate", account) {
-            lock(&self.conv)
-                .kefu
-                .entry(i)
-                .or_default()
-                .entry(openid.to_owned())
-                .or_default()
-                .apply(change, Instant::now());
+            lock(&self.conv).apply_kefu(i, openid, change);
         }
     }
 
@@ -148,16 +142,11 @@ impl SimState {
         ) else {
             return false;
         };
-        lock(&self.conv)
-            .kefu
-            .entry(i)
-            .or_default()
-            .entry(openid.to_owned())
-            .or_default()
-            .apply(
-                Change::To(s, expires.unwrap_or(kefu::DEFAULT_EXPIRES)),
-                Instant::now(),
-            );
+        lock(&self.conv).apply_kefu(
+            i,
+            openid,
+            Change::To(s, expires.unwrap_or(kefu::DEFAULT_EXPIRES)),
+        );
         true
     }
 
