@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::text::clip_chars;
+
 /// Who serves a chatbot conversation, as `kefustate/get` (`type=all`) reports it in `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +36,10 @@ pub const MIN_EXPIRES_SECS: u32 = 1;
 /// no upper bound; a state held longer than a day is almost certainly a unit mistake
 /// (milliseconds for seconds) and would silence the bot for that long.
 pub const MAX_EXPIRES_SECS: u32 = 86_400;
+
+/// An unknown `status` is quoted in errors (a dead letter's errmsg, a log line) cut to this
+/// many characters: the platform's answer is outside text, and the word alone is what helps.
+const QUOTED_STATUS_CHARS: usize = 64;
 
 /// A `kefustate/get` answer wxdispatch cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +102,8 @@ impl ChatbotState {
         status: Option<&str>,
     ) -> Result<Self, StateAnswerError> {
         match status {
-            Some(s) => Self::from_name(s).ok_or_else(|| StateAnswerError::UnknownStatus(s.into())),
+            Some(s) => Self::from_name(s)
+                .ok_or_else(|| StateAnswerError::UnknownStatus(clip_chars(s, QUOTED_STATUS_CHARS))),
             None => kefustate
                 .and_then(Self::from_kefustate)
                 .ok_or(StateAnswerError::NoState),
@@ -166,6 +173,11 @@ mod tests {
             ChatbotState::from_answer(Some("maybe"), None),
             Err(StateAnswerError::NoState)
         );
+        let long = "x".repeat(1000);
+        match ChatbotState::from_answer(None, Some(&long)) {
+            Err(StateAnswerError::UnknownStatus(w)) => assert!(w.chars().count() <= 65, "{w}"),
+            other => panic!("{other:?}"),
+        }
         let e = StateAnswerError::UnknownStatus("waiting".into()).to_string();
         assert!(e.contains("\"waiting\"") && e.contains("needperson"), "{e}");
     }
