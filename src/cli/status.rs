@@ -16,7 +16,7 @@ use crate::text::escape_controls as esc;
 pub async fn run(cfg: Config, job_id: &str, account: Option<&str>) -> anyhow::Result<()> {
     let pool = store::connect_pool(&cfg).await?;
     let st = Store::with_pool(pool, 1);
-    let found = status::report(&st, job_id, account)
+    let found = status::report_with_chatbot_state(&st, &cfg, job_id, account)
         .await
         .map_err(ambiguous_is_usage)?;
     let Some(report) = found else {
@@ -66,6 +66,16 @@ fn print(
     writeln!(out, "  sent       {}", ts(d.sent_at))?;
     if let Some(c) = &r.conversation {
         print_conversation(out, c, now)?;
+    }
+    if let Some(c) = &r.chatbot {
+        writeln!(
+            out,
+            "  chatbot    {}",
+            c.state.map_or_else(
+                || format!("unknown ({})", esc(c.error.as_deref().unwrap_or("-"))),
+                |s| s.to_string()
+            )
+        )?;
     }
     if !r.history.is_empty() {
         writeln!(out, "history")?;
@@ -198,6 +208,7 @@ mod tests {
                 errcode: None,
                 error: Some("quota_exhausted".into()),
             }],
+            chatbot: None,
         };
         let mut out = Vec::new();
         print(&mut out, "q5", &report, at(3_600)).unwrap();

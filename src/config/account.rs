@@ -88,6 +88,12 @@ pub struct AccountConfig {
     /// us) signs every push: an unsigned push then never reaches decryption.
     #[serde(default)]
     pub require_push_signature: bool,
+    /// Chatbot only: suppress bot replies (`gate: "bot"`) also while the conversation is in
+    /// `needperson` (the bot caught a request for a human, none serves yet). Off by default:
+    /// until a human takes over, the bot's reply (often "an agent will be with you shortly")
+    /// is the only answer the user gets, and `personserving` is gated either way.
+    #[serde(default)]
+    pub gate_needperson: bool,
 }
 
 impl AccountConfig {

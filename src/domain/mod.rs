@@ -4,6 +4,7 @@
 pub mod account;
 pub mod allowance;
 pub mod channel;
+pub mod chatbot_state;
 pub mod ids;
 pub mod inbound;
 pub mod job;

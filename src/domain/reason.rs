@@ -81,6 +81,12 @@ reasons! {
     InvalidCode = "invalid_code",
     /// A transfer's `service_state`/`servicer_userid`/`kefustate` are missing or inconsistent.
     InvalidTransfer = "invalid_transfer",
+    /// A chatbot transfer's `kefustate` is missing or not one of asking, personserving,
+    /// complete, needperson (or the older on, off).
+    InvalidKefustate = "invalid_kefustate",
+    /// A chatbot transfer's `expires` is not a whole number of seconds within the bounds
+    /// (1..=86400), or is given with the older on/off.
+    InvalidExpires = "invalid_expires",
 
     // ---- the platform refused the request (the errcode table) ----
     /// The account's configuration is wrong (secret, token, API not enabled, IP not allowed,
@@ -111,6 +117,9 @@ reasons! {
     /// A human agent serves the conversation (WeCom 95018) and the job has `gate: "none"`, so it
     /// could not be sent.
     HumanServing = "human_serving",
+    /// Chatbot: `kefustate/get` answered a `status` wxdispatch does not know, so whether a bot
+    /// reply may be sent cannot be judged.
+    UnknownChatbotState = "unknown_chatbot_state",
     /// Transient failures lasted beyond `retry.total_budget_secs`.
     RetriesExhausted = "retries_exhausted",
     /// The job's handler panicked; the lane went on.
@@ -214,7 +223,7 @@ mod tests {
     /// The words are stored in rows and used by dashboards: pinned.
     #[test]
     fn words_are_pinned() {
-        assert_eq!(Reason::ALL.len(), 36);
+        assert_eq!(Reason::ALL.len(), 39);
         assert_eq!(Reason::ConfigError.as_str(), "config_error");
         assert_eq!(Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert_eq!(Reason::UnknownAccount.as_str(), "unknown_account");

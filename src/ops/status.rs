@@ -4,7 +4,10 @@
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::account_id;
+use crate::config::{Channel, Config};
 use crate::domain::allowance::WECOM_WINDOW;
+use crate::domain::chatbot_state::ChatbotState;
+use crate::platform::{Platform, http_client};
 use crate::store::Store;
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
 
@@ -17,6 +20,21 @@ pub struct Report {
     /// The job's history, oldest first, including a first-attempt send (which has no event of
     /// its own).
     pub history: Vec<DeliveryEvent>,
+    /// For a chatbot job: its conversation's state, asked of the platform when the report is
+    /// made ([`report_with_chatbot_state`]); `None` for WeCom jobs, or when not asked.
+    pub chatbot: Option<ChatbotStateReport>,
+}
+
+/// A chatbot conversation's state as `status` shows it: `kefustate/get` (`type=all`) asked when
+/// the command runs. wxdispatch keeps no copy of it (the lane's gate cache lives in the worker
+/// and trusts an answer for seconds only), and the platform is where it changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChatbotStateReport {
+    /// The state, when the platform answered one.
+    pub state: Option<ChatbotState>,
+    /// Why there is no state: the call failed, or the answer named a state wxdispatch does
+    /// not know. Names neither the token nor the URL.
+    pub error: Option<String>,
 }
 
 /// A WeCom conversation as `status` shows it.
@@ -57,7 +75,45 @@ pub async fn report(
         delivery,
         conversation,
         history,
+        chatbot: None,
     }))
+}
+
+/// [`report`], plus (for a job of a chatbot account in `cfg`) the conversation's state asked
+/// of the platform with the account's own client ([`chatbot_state`]).
+pub async fn report_with_chatbot_state(
+    store: &Store,
+    cfg: &Config,
+    job_id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Option<Report>> {
+    let Some(mut r) = report(store, job_id, account).await? else {
+        return Ok(None);
+    };
+    if let Some(a) = cfg
+        .account(&r.delivery.account)
+        .filter(|a| a.channel == Channel::Chatbot)
+    {
+        let platform = Platform::new(a.clone(), http_client(cfg)?, store.clone());
+        r.chatbot = Some(chatbot_state(&platform, &r.delivery.recipient).await);
+    }
+    Ok(Some(r))
+}
+
+/// The state of `openid`'s conversation on a chatbot account, asked with `kefustate/get`
+/// (`type=all`; `<appid>` the account's `oa_appid`, as the delivery row keeps no job appid).
+pub async fn chatbot_state(platform: &Platform, openid: &str) -> ChatbotStateReport {
+    let appid = platform.account.oa_appid.as_deref();
+    match platform.chatbot_state_of(appid, openid).await {
+        Ok(state) => ChatbotStateReport {
+            state: Some(state),
+            error: None,
+        },
+        Err(e) => ChatbotStateReport {
+            state: None,
+            error: Some(e.to_string()),
+        },
+    }
 }
 
 /// The history to show: the recorded events, plus the send when it has no event of its own.

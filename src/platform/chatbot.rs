@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::crypto::MsgCrypt;
+use crate::domain::chatbot_state::{ChatbotState, StateAnswerError};
 use crate::domain::job::{self, Job, JobKind};
 use crate::policy::CallResult;
 
@@ -29,6 +30,7 @@ impl Platform {
                     appid,
                     &job.to,
                     tr.kefustate.as_deref().unwrap_or("off"),
+                    tr.expires,
                 ),
             ),
             _ => ("sendmsg", job::chatbot_sendmsg_xml(job, &self.account)),
@@ -54,25 +56,52 @@ impl Platform {
         call(post_json(&self.http, url, body.into())).await
     }
 
-    /// Chatbot `kefustate/get`: is a human serving the job's user? `<appid>` as for the job's
-    /// sendmsg ([`job::chatbot_appid`]).
-    pub async fn chatbot_human_serving(&self, job: &Job) -> Result<bool, CallResult> {
+    /// Chatbot `kefustate/get` with `type=all`: the job's conversation's state. `<appid>` as
+    /// for the job's sendmsg ([`job::chatbot_appid`]).
+    pub async fn chatbot_state(&self, job: &Job) -> Result<ChatbotState, KefuStateError> {
+        self.chatbot_state_of(job::chatbot_appid(job, &self.account), &job.to)
+            .await
+    }
+
+    /// Chatbot `kefustate/get` with `type=all` for `openid` (with `appid` as `<appid>` when
+    /// given): the four-state `status`, else the on/off `kefustate`. An account without an
+    /// EncodingAESKey cannot ask, and is taken as `asking` (nothing gates its bot).
+    pub async fn chatbot_state_of(
+        &self,
+        appid: Option<&str>,
+        openid: &str,
+    ) -> Result<ChatbotState, KefuStateError> {
         let Some(crypt) = &self.crypt else {
-            return Ok(false);
+            return Ok(ChatbotState::Asking);
         };
-        let appid = job::chatbot_appid(job, &self.account);
         let (res, v) = self
             .chatbot_call(
                 crypt,
                 "kefustate/get",
-                &job::chatbot_kefustate_get_xml(appid, &job.to),
+                &job::chatbot_kefustate_get_xml(appid, openid),
             )
             .await;
         match res {
             CallResult::Ok { .. } => {
-                Ok(json_of(&v).get("kefustate").and_then(Value::as_str) == Some("on"))
+                let v = json_of(&v);
+                let word = |k: &str| v.get(k).and_then(Value::as_str);
+                Ok(ChatbotState::from_answer(
+                    word("kefustate"),
+                    word("status"),
+                )?)
             }
-            other => Err(other),
+            other => Err(KefuStateError::Call(other)),
         }
     }
+}
+
+/// Why `kefustate/get` gave no state.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KefuStateError {
+    /// The call failed (HTTP, transport, errcode): judge it like a failed send.
+    #[error("kefustate/get failed: {0:?}")]
+    Call(CallResult),
+    /// The platform answered, but with a state wxdispatch does not know.
+    #[error(transparent)]
+    Answer(#[from] StateAnswerError),
 }

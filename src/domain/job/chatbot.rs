@@ -4,9 +4,12 @@
 use serde_json::{Map, Value, json};
 
 use super::fields::{Fields, R, Reject, check_count, clip, clip_plain, reject, show, type_name};
-use super::model::ChatbotExtras;
+use super::model::{ChatbotExtras, Transfer};
 use super::render::xml_char_ok;
 use crate::domain::account::AccountView;
+use crate::domain::chatbot_state::{
+    ChatbotState, DEFAULT_EXPIRES_SECS, MAX_EXPIRES_SECS, MIN_EXPIRES_SECS,
+};
 use crate::domain::reason::Reason;
 
 // --- Dialogue Open Platform (chatbot) sendmsg: the platform documents no size limits for `msg`.
@@ -315,4 +318,76 @@ fn describe_item(v: &Value) -> String {
         Value::Object(map) => format!("an object with {} keys", map.len()),
         other => type_name(other).to_owned(),
     }
+}
+
+/// A chatbot transfer (kefustate/change): `kefustate` one of the four states (`asking`,
+/// `personserving`, `complete`, `needperson`), with an optional `expires` (whole seconds,
+/// [`MIN_EXPIRES_SECS`]..=[`MAX_EXPIRES_SECS`], default [`DEFAULT_EXPIRES_SECS`]); or the older
+/// `on` / `off`, which take no `expires` (their request is sent unchanged, and the platform
+/// applies its own rule).
+pub(super) fn chatbot_transfer_of(obj: &Map<String, Value>) -> R<Transfer> {
+    const STATES: &str = "asking, personserving, complete, needperson (or on, off)";
+    let word = match obj.get("kefustate") {
+        Some(Value::String(s)) => s.as_str(),
+        None | Some(Value::Null) => {
+            return reject(
+                Reason::InvalidKefustate,
+                format!("kefustate: missing (a chatbot transfer needs one of {STATES})"),
+            );
+        }
+        Some(other) => {
+            return reject(
+                Reason::InvalidKefustate,
+                format!("kefustate: {}: expected one of {STATES}", show(other)),
+            );
+        }
+    };
+    let (state, legacy) = match (
+        ChatbotState::from_name(word),
+        ChatbotState::from_kefustate(word),
+    ) {
+        (Some(s), _) => (s, false),
+        (None, Some(s)) => (s, true),
+        (None, None) => {
+            return reject(
+                Reason::InvalidKefustate,
+                format!("kefustate: {}: expected one of {STATES}", clip(word)),
+            );
+        }
+    };
+    let expires = match obj.get("expires") {
+        None | Some(Value::Null) => None,
+        Some(_) if legacy => {
+            return reject(
+                Reason::InvalidExpires,
+                format!(
+                    "expires: not with kefustate {word} (name the state instead: on is \
+                     personserving, off is asking)"
+                ),
+            );
+        }
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) if (MIN_EXPIRES_SECS..=MAX_EXPIRES_SECS).contains(&n) => Some(n),
+            _ => {
+                return reject(
+                    Reason::InvalidExpires,
+                    format!(
+                        "expires: {}: expected whole seconds {MIN_EXPIRES_SECS}..={MAX_EXPIRES_SECS}",
+                        show(v)
+                    ),
+                );
+            }
+        },
+    };
+    Ok(Transfer {
+        service_state: None,
+        servicer_userid: None,
+        kefustate: Some(word.to_owned()),
+        chatbot_state: Some(state),
+        expires: if legacy {
+            None
+        } else {
+            Some(expires.unwrap_or(DEFAULT_EXPIRES_SECS))
+        },
+    })
 }

@@ -47,6 +47,8 @@ mod render;
 mod wecom;
 
 #[cfg(test)]
+mod kefustate_tests;
+#[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
 mod render_tests;

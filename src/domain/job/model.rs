@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::chatbot_state::ChatbotState;
 use crate::domain::ids::derive_job_id;
 
 /// Whether a human agent's presence suppresses the job.
@@ -30,8 +31,18 @@ pub struct Transfer {
     pub service_state: Option<i64>,
     /// WeCom: the human servicer; present exactly when `service_state == 3`.
     pub servicer_userid: Option<String>,
-    /// Chatbot: `"on"` (hand to a human) or `"off"` (back to the bot) (kefustate/change).
+    /// Chatbot: the word sent as kefustate/change's `kefustate`: one of the four states
+    /// (`asking`, `personserving`, `complete`, `needperson`) or the older `"on"` (hand to a
+    /// human) / `"off"` (back to the bot), sent as given.
     pub kefustate: Option<String>,
+    /// Chatbot: the state the change sets (`on` → personserving, `off` → asking), what the
+    /// lane's gate remembers after the change succeeded.
+    pub chatbot_state: Option<ChatbotState>,
+    /// Chatbot: seconds until the platform reverts the state (kefustate/change's `expires`);
+    /// `Some` exactly with one of the four states (default
+    /// [`crate::domain::chatbot_state::DEFAULT_EXPIRES_SECS`]), `None` with on/off, whose
+    /// request stays as it always was.
+    pub expires: Option<u32>,
 }
 
 /// What the job asks for.

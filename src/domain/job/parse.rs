@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::chatbot::{chatbot_extras_of, chatbot_payload};
+use super::chatbot::{chatbot_extras_of, chatbot_payload, chatbot_transfer_of};
 use super::fields::{R, check_visible, clip, clip_plain, reject, show, type_name};
 use super::model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Transfer};
 use super::wecom::{WECOM_EVENT_MSGTYPES, WECOM_MSGTYPES, wecom_payload};
@@ -422,24 +422,12 @@ fn transfer_of(obj: &Map<String, Value>, channel: Channel) -> R<Transfer> {
                     service_state: Some(state.code()),
                     servicer_userid: servicer,
                     kefustate: None,
+                    chatbot_state: None,
+                    expires: None,
                 }),
             }
         }
-        Channel::Chatbot => match obj.get("kefustate") {
-            Some(Value::String(s)) if s == "on" || s == "off" => Ok(Transfer {
-                service_state: None,
-                servicer_userid: None,
-                kefustate: Some(s.clone()),
-            }),
-            None | Some(Value::Null) => reject(
-                Reason::InvalidTransfer,
-                "kefustate: missing (a chatbot transfer needs \"on\" or \"off\")",
-            ),
-            Some(other) => reject(
-                Reason::InvalidTransfer,
-                format!("kefustate: {}: expected \"on\" or \"off\"", show(other)),
-            ),
-        },
+        Channel::Chatbot => chatbot_transfer_of(obj),
     }
 }
 

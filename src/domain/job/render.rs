@@ -94,27 +94,37 @@ pub fn chatbot_sendmsg_xml(job: &Job, account: &impl AccountView) -> String {
 }
 
 /// Chatbot kefustate/get plaintext XML: appid (when there is one, see [`chatbot_appid`]),
-/// openid, `type` = `simple`.
+/// openid, `type` = `all` (the answer then carries the four-state `status` besides the on/off
+/// `kefustate`: see [`crate::domain::chatbot_state`]).
 pub fn chatbot_kefustate_get_xml(appid: Option<&str>, openid: &str) -> String {
     let mut out = String::from("<xml>");
     if let Some(appid) = appid {
         push_cdata_element(&mut out, "appid", appid);
     }
     push_cdata_element(&mut out, "openid", openid);
-    push_cdata_element(&mut out, "type", "simple");
+    push_cdata_element(&mut out, "type", "all");
     out.push_str("</xml>");
     out
 }
 
 /// Chatbot kefustate/change plaintext XML: appid (when there is one, see [`chatbot_appid`]),
-/// openid, kefustate (`on` | `off`).
-pub fn chatbot_kefustate_change_xml(appid: Option<&str>, openid: &str, kefustate: &str) -> String {
+/// openid, kefustate (one of the four states, or `on` | `off`), and `expires` (seconds) when
+/// given.
+pub fn chatbot_kefustate_change_xml(
+    appid: Option<&str>,
+    openid: &str,
+    kefustate: &str,
+    expires: Option<u32>,
+) -> String {
     let mut out = String::from("<xml>");
     if let Some(appid) = appid {
         push_cdata_element(&mut out, "appid", appid);
     }
     push_cdata_element(&mut out, "openid", openid);
     push_cdata_element(&mut out, "kefustate", kefustate);
+    if let Some(secs) = expires {
+        out.push_str(&format!("<expires>{secs}</expires>"));
+    }
     out.push_str("</xml>");
     out
 }

@@ -183,16 +183,20 @@ fn cdata_split_round_trips_through_an_xml_parser() {
 fn renders_kefustate_xml() {
     assert_eq!(
         chatbot_kefustate_get_xml(Some("wxOA"), "oU"),
-        "<xml><appid><![CDATA[wxOA]]></appid><openid><![CDATA[oU]]></openid><type><![CDATA[simple]]></type></xml>"
+        "<xml><appid><![CDATA[wxOA]]></appid><openid><![CDATA[oU]]></openid><type><![CDATA[all]]></type></xml>"
     );
     assert_eq!(
-        chatbot_kefustate_change_xml(Some("wxOA"), "oU", "off"),
+        chatbot_kefustate_change_xml(Some("wxOA"), "oU", "off", None),
         "<xml><appid><![CDATA[wxOA]]></appid><openid><![CDATA[oU]]></openid><kefustate><![CDATA[off]]></kefustate></xml>"
+    );
+    assert_eq!(
+        chatbot_kefustate_change_xml(None, "oU", "needperson", Some(1800)),
+        "<xml><openid><![CDATA[oU]]></openid><kefustate><![CDATA[needperson]]></kefustate><expires>1800</expires></xml>"
     );
     // Without an appid (channels 7, 9) the element is left out.
     assert_eq!(
         chatbot_kefustate_get_xml(None, "oU"),
-        "<xml><openid><![CDATA[oU]]></openid><type><![CDATA[simple]]></type></xml>"
+        "<xml><openid><![CDATA[oU]]></openid><type><![CDATA[all]]></type></xml>"
     );
 }
 

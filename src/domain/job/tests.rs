@@ -6,6 +6,7 @@ use super::fields::clip_plain;
 use super::*;
 use crate::domain::account::AccountView;
 use crate::domain::channel::Channel;
+use crate::domain::chatbot_state::ChatbotState;
 
 /// The worker's default `max_body_bytes`.
 pub(super) const MAX: usize = 4 * 1024 * 1024;
@@ -67,7 +68,7 @@ pub(super) fn wecom2() -> TestAccount {
 }
 
 /// Every reason [`parse`] can return: the job-validation words of [`Reason`].
-pub(super) const PARSE_REASONS: [Reason; 20] = [
+pub(super) const PARSE_REASONS: [Reason; 22] = [
     Reason::BodyTooLarge,
     Reason::InvalidUtf8,
     Reason::InvalidJson,
@@ -88,6 +89,8 @@ pub(super) const PARSE_REASONS: [Reason; 20] = [
     Reason::InvalidChatbot,
     Reason::InvalidCode,
     Reason::InvalidTransfer,
+    Reason::InvalidKefustate,
+    Reason::InvalidExpires,
 ];
 
 pub(super) fn p(account: &TestAccount, body: &Value) -> Result<Job, JobError> {
@@ -217,7 +220,9 @@ fn kinds() {
         JobKind::Transfer(Transfer {
             service_state: Some(3),
             servicer_userid: Some("zhangsan".into()),
-            kefustate: None
+            kefustate: None,
+            chatbot_state: None,
+            expires: None,
         })
     );
     assert_eq!(j.message, None);
@@ -236,7 +241,9 @@ fn kinds() {
         JobKind::Transfer(Transfer {
             service_state: None,
             servicer_userid: None,
-            kefustate: Some("on".into())
+            kefustate: Some("on".into()),
+            chatbot_state: Some(ChatbotState::PersonServing),
+            expires: None,
         })
     );
 
@@ -351,8 +358,9 @@ fn every_reason() {
         (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": 3})),
         (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": 2, "servicer_userid": "z"})),
         (Reason::InvalidTransfer, &w, json!({"job_id": "j", "kind": "transfer", "to": "wmU", "service_state": 3, "servicer_userid": "z\u{2028}"})),
-        (Reason::InvalidTransfer, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU", "kefustate": "maybe"})),
-        (Reason::InvalidTransfer, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU"})),
+        (Reason::InvalidKefustate, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU", "kefustate": "maybe"})),
+        (Reason::InvalidKefustate, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU"})),
+        (Reason::InvalidExpires, &c, json!({"job_id": "j", "kind": "transfer", "to": "oU", "kefustate": "needperson", "expires": 0})),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (want, account, body) in cases {

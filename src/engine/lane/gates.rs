@@ -1,15 +1,20 @@
 //! The lane's gate `bot`: is a human serving the conversation? Known from the cache or the
 //! sync loop's stored state, else asked of the platform; and what a transfer or a 95018 tells.
+//!
+//! WeCom gates bot replies in service_state 2 and 3; the chatbot in `personserving`, and in
+//! `needperson` when the account sets `gate_needperson` ([`crate::domain::chatbot_state::ChatbotState::gates_bot`]).
 
 use std::time::Duration;
 
 use tracing::warn;
 
 use super::ctx::LaneCtx;
+use super::gate_cache::Served;
 use super::order::conversation_of;
 use crate::config::Channel;
 use crate::domain::job::{self, Gate, Job, JobKind};
 use crate::domain::service_state::ServiceState;
+use crate::platform::chatbot::KefuStateError;
 use crate::policy::{Api, CallResult};
 use crate::store::ConvState;
 
@@ -21,6 +26,9 @@ pub(super) enum BotGate {
     HumanServes,
     /// The platform could not be asked: judge this like a failed send.
     Failed((CallResult, Api)),
+    /// The platform answered a chatbot state wxdispatch does not know (the detail says
+    /// which): the job cannot be judged, and is dead-lettered `unknown_chatbot_state`.
+    UnknownState(String),
 }
 
 /// gate "bot": is a human serving? Asking the platform is paced (its own limiter at the
@@ -30,8 +38,8 @@ pub(super) async fn check(ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) ->
     if job.gate != Gate::Bot || !matches!(job.kind, JobKind::Send) {
         return BotGate::Open;
     }
-    let human = match known(ctx, job, conv) {
-        Some(h) => Ok(h),
+    let served = match known(ctx, job, conv) {
+        Some(s) => Ok(s),
         None => {
             if let Some(l) = &ctx.query_limiter {
                 l.until_ready().await;
@@ -39,11 +47,25 @@ pub(super) async fn check(ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) ->
             Box::pin(query(ctx, job)).await
         }
     };
-    match human {
-        Ok(true) => BotGate::HumanServes,
-        Ok(false) => BotGate::Open,
-        Err(failed) => BotGate::Failed(failed),
+    match served {
+        Ok(s) if gates_bot(ctx, s) => BotGate::HumanServes,
+        Ok(_) => BotGate::Open,
+        Err(QueryFailed::Call(failed)) => BotGate::Failed(failed),
+        Err(QueryFailed::UnknownState(detail)) => BotGate::UnknownState(detail),
     }
+}
+
+/// Whether what serves the conversation suppresses a bot reply.
+fn gates_bot(ctx: &LaneCtx, served: Served) -> bool {
+    match served {
+        Served::Wecom { human } => human,
+        Served::Chatbot(state) => state.gates_bot(ctx.account.gate_needperson),
+    }
+}
+
+/// How long an answer is trusted: `worker.gate_cache_secs`.
+fn cache_ttl(ctx: &LaneCtx) -> Duration {
+    Duration::from_secs(ctx.cfg.worker.gate_cache_secs)
 }
 
 /// Whether a WeCom service-state code (as the platform sends it) means a human has the
@@ -52,12 +74,11 @@ fn is_human(code: i64) -> bool {
     ServiceState::from_code(code).is_some_and(ServiceState::is_human)
 }
 
-/// Whether a human serves `job`'s conversation, if known without asking the platform:
-/// cached from an earlier answer, or (WeCom) a state stored recently by the sync loop.
-fn known(ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) -> Option<bool> {
-    let ttl = Duration::from_secs(ctx.cfg.worker.gate_cache_secs);
-    if let Some(h) = ctx.gates.cached(&conversation_of(job), ttl) {
-        return Some(h);
+/// What serves `job`'s conversation, if known without asking the platform: cached from an
+/// earlier answer, or (WeCom) a state stored recently by the sync loop.
+fn known(ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) -> Option<Served> {
+    if let Some(s) = ctx.gates.cached(&conversation_of(job)) {
+        return Some(s);
     }
     if ctx.account.channel != Channel::Wecom {
         return None;
@@ -65,51 +86,84 @@ fn known(ctx: &LaneCtx, job: &Job, conv: Option<&ConvState>) -> Option<bool> {
     let c = conv?;
     let at = c.state_updated_at?;
     let state = c.service_state?;
-    ((chrono::Utc::now() - at).to_std().unwrap_or_default() < ttl).then_some(is_human(state.into()))
+    ((chrono::Utc::now() - at).to_std().unwrap_or_default() < cache_ttl(ctx)).then_some(
+        Served::Wecom {
+            human: is_human(state.into()),
+        },
+    )
+}
+
+/// Why the platform could not tell who serves.
+enum QueryFailed {
+    /// The call failed: judge it like a failed send.
+    Call((CallResult, Api)),
+    /// The chatbot answered a state wxdispatch does not know.
+    UnknownState(String),
 }
 
 /// Ask the platform who serves the conversation (WeCom service_state/get, chatbot
-/// kefustate/get) and remember the answer. A failure is returned for the caller to judge
-/// like a failed send; nothing is remembered then.
-async fn query(ctx: &LaneCtx, job: &Job) -> Result<bool, (CallResult, Api)> {
-    let human = match ctx.account.channel {
+/// kefustate/get with `type=all`) and remember the answer. A failure is returned for the
+/// caller to judge; nothing is remembered then.
+async fn query(ctx: &LaneCtx, job: &Job) -> Result<Served, QueryFailed> {
+    let served = match ctx.account.channel {
         Channel::Wecom => {
             let kfid = job.open_kfid.as_deref().unwrap_or("");
-            let (s, _) = ctx.platform.wecom_service_state(kfid, &job.to).await?;
+            let (s, _) = ctx
+                .platform
+                .wecom_service_state(kfid, &job.to)
+                .await
+                .map_err(QueryFailed::Call)?;
             store_service_state(ctx, kfid, job, s).await;
-            is_human(s)
+            Served::Wecom { human: is_human(s) }
         }
-        Channel::Chatbot => ctx
-            .platform
-            .chatbot_human_serving(job)
-            .await
-            .map_err(|r| (r, Api::Business))?,
+        Channel::Chatbot => match ctx.platform.chatbot_state(job).await {
+            Ok(state) => Served::Chatbot(state),
+            Err(KefuStateError::Call(r)) => return Err(QueryFailed::Call((r, Api::Business))),
+            Err(KefuStateError::Answer(e)) => {
+                warn!(account = %ctx.account.name, error = %e, "unknown chatbot state");
+                return Err(QueryFailed::UnknownState(e.to_string()));
+            }
+        },
     };
-    ctx.gates.remember(&conversation_of(job), human);
-    Ok(human)
+    ctx.gates
+        .remember(&conversation_of(job), served, cache_ttl(ctx));
+    Ok(served)
 }
 
-/// A transfer job succeeded: the conversation's server is known without asking.
+/// A transfer job succeeded: the conversation's server is known without asking. A chatbot
+/// state is trusted no longer than its `expires`: the platform reverts it then.
 pub(super) async fn transferred(ctx: &LaneCtx, job: &Job, tr: &job::Transfer) {
     let conv = conversation_of(job);
-    match (
-        ctx.account.channel,
-        tr.service_state,
-        tr.kefustate.as_deref(),
-    ) {
+    match (ctx.account.channel, tr.service_state, tr.chatbot_state) {
         (Channel::Wecom, Some(state), _) => {
-            ctx.gates.remember(&conv, is_human(state));
+            ctx.gates.remember(
+                &conv,
+                Served::Wecom {
+                    human: is_human(state),
+                },
+                cache_ttl(ctx),
+            );
             let kfid = job.open_kfid.as_deref().unwrap_or("");
             store_service_state(ctx, kfid, job, state).await;
         }
-        (Channel::Chatbot, _, Some(k)) => ctx.gates.remember(&conv, k == "on"),
+        (Channel::Chatbot, _, Some(state)) => {
+            let ttl = match tr.expires {
+                Some(secs) => cache_ttl(ctx).min(Duration::from_secs(secs.into())),
+                None => cache_ttl(ctx),
+            };
+            ctx.gates.remember(&conv, Served::Chatbot(state), ttl);
+        }
         _ => {}
     }
 }
 
 /// The platform said a human serves this conversation (WeCom 95018).
 pub(super) async fn human_took_over(ctx: &LaneCtx, job: &Job) {
-    ctx.gates.remember(&conversation_of(job), true);
+    ctx.gates.remember(
+        &conversation_of(job),
+        Served::Wecom { human: true },
+        cache_ttl(ctx),
+    );
     if let Some(kfid) = job.open_kfid.as_deref() {
         store_service_state(ctx, kfid, job, ServiceState::Human.code()).await;
     }

@@ -221,6 +221,15 @@ async fn send_with_retries(
             }
             BotGate::Open => None,
             BotGate::Failed(failed) => Some(failed),
+            BotGate::UnknownState(detail) => {
+                ctx.pause.release(probe);
+                return Outcome::Dead {
+                    reason: Reason::UnknownChatbotState.as_str().into(),
+                    errcode: None,
+                    errmsg: Some(detail),
+                    attempts,
+                };
+            }
         };
         attempts += 1;
         tracing::Span::current().record("attempt", attempts);

@@ -19,8 +19,8 @@
 //! | `POST /_sim/wecom/empty_page` `{account, open_kfid}` | the next sync_msg page is empty with has_more = 1 |
 //! | `POST /_sim/wecom/callback` `{account, open_kfid, token}` | → `{query, body}`: a signed, encrypted kf_msg_or_event callback |
 //! | `POST /_sim/wecom/callback_token` `{account, open_kfid}` | → `{token}`: a fresh sync_msg Token |
-//! | `POST /_sim/chatbot/kefustate` `{account, openid, on}` | set a chatbot user's kefustate |
-//! | `GET /_sim/chatbot/kefustate?account=&openid=` | → `{kefustate: "on"/"off"}` |
+//! | `POST /_sim/chatbot/kefustate` `{account, openid, on}` or `{account, openid, status, expires?}` | set a chatbot user's kefustate, or one of the four states (reverting to `asking` after `expires` s, default 1800) |
+//! | `GET /_sim/chatbot/kefustate?account=&openid=` | → `{kefustate: "on"/"off", status}` |
 
 use std::sync::Arc;
 
@@ -296,17 +296,35 @@ async fn callback_token(State(st): St, body: Bytes) -> Answer {
     reply(json!({"token": st.issue_callback_token(&r.account, &r.open_kfid)}))
 }
 
+/// `{account, openid, on}` (kefustate on/off), or `{account, openid, status, expires?}` (one
+/// of the four states, reverting to `asking` after `expires` seconds, default 1800).
 #[derive(Deserialize)]
 struct KefuReq {
     account: String,
     openid: String,
-    on: bool,
+    #[serde(default)]
+    on: Option<bool>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    expires: Option<u64>,
 }
 
 async fn set_kefustate(State(st): St, body: Bytes) -> Answer {
     let r: KefuReq = parse(&body)?;
     known(&st, &r.account)?;
-    st.set_kefustate(&r.account, &r.openid, r.on);
+    match (r.on, r.status.as_deref()) {
+        (Some(on), None) => st.set_kefustate(&r.account, &r.openid, on),
+        (None, Some(s)) => {
+            let expires = r.expires.map(std::time::Duration::from_secs);
+            if !st.set_chatbot_state(&r.account, &r.openid, s, expires) {
+                return Err(bad(
+                    "status must be asking, personserving, complete or needperson",
+                ));
+            }
+        }
+        _ => return Err(bad("give either on or status")),
+    }
     done()
 }
 
@@ -316,5 +334,5 @@ async fn get_kefustate(State(st): St, RawQuery(q): RawQuery) -> Answer {
         return Err(bad("account and openid are required"));
     };
     let on = st.kefustate(&a, &o);
-    reply(json!({"kefustate": if on { "on" } else { "off" }}))
+    reply(json!({"kefustate": if on { "on" } else { "off" }, "status": st.chatbot_state(&a, &o)}))
 }

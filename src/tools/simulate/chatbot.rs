@@ -15,6 +15,8 @@
 //! | decrypts, but the receive id is not the account's APPID | 1013 |
 //! | plaintext not UTF-8 or not flat `<xml>` | 1007 |
 //! | `openid` (/ `msg`, `kefustate`) missing or empty | 1007 |
+//! | kefustate/get: `type` not `simple` or `all` (absent = `simple`) | 1007 |
+//! | kefustate/change: `kefustate` not one of the four states or on/off; `expires` not a positive integer, or with on/off | 1007 |
 //! | `channel` not an integer, `event` not one of the four documented | 1007 |
 //! | sendmsg on channel 0, 5 or 6 (or none): `appid` missing or empty | 1007 |
 //! | sendmsg on channel 0, 5 or 6 (or none): `appid` is the bot's platform APPID | 1008 |
@@ -32,11 +34,15 @@
 //! APPID (the receive id, a classic mix-up). On the other channels and on kefustate (whose
 //! request names no channel) `<appid>` is optional and not checked.
 //!
+//! kefustate/get answers `{kefustate}` for `type=simple` and `{kefustate, status}` for
+//! `type=all`; the states and their expiry are modelled in [`super::kefu`].
+//!
 //! Deliberate simplification: the platform's behaviour when a human serves the user
 //! (kefustate on) and the bot still sends is unverified; the simulator accepts the message and
 //! leaves the gating to the caller.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -44,8 +50,8 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::accepted::NewRecord;
-use super::conversations::{KefuStatus, next_kefu_status};
 use super::gate::Api;
+use super::kefu;
 use super::reply::{ApiErr, Reply, code, ok};
 use super::respond::finish;
 use super::state::SimState;
@@ -267,21 +273,22 @@ fn kefustate_get_inner(st: &SimState, token: &str, body: &[u8]) -> Outcome {
         Ok(o) => o,
         Err(e) => return e,
     };
+    let all = match kefu::wants_all(&o.fields) {
+        Ok(all) => all,
+        Err(e) => return (Some(o.account), ApiErr::hint(code::BOT_FIELDS, e).into()),
+    };
     let openid = o.fields.get("openid").unwrap_or_default();
     let status = lock(&st.conv)
         .kefu
         .get(&o.account)
-        .and_then(|m| m.get(openid).copied())
+        .and_then(|m| m.get(openid))
+        .map(|e| e.at(Instant::now()))
         .unwrap_or_default();
-    let (state, status) = match status {
-        KefuStatus::Asking => ("off", "asking"),
-        KefuStatus::PersonServing => ("on", "personserving"),
-        KefuStatus::Complete => ("off", "complete"),
-    };
-    (
-        Some(o.account),
-        Reply::Ok(json!({"errcode": 0, "errmsg": "ok", "kefustate": state, "status": status})),
-    )
+    let mut answer = json!({"errcode": 0, "errmsg": "ok", "kefustate": status.on_off()});
+    if all {
+        answer["status"] = json!(status.word());
+    }
+    (Some(o.account), Reply::Ok(answer))
 }
 
 fn kefustate_change_inner(st: &SimState, token: &str, body: &[u8]) -> Outcome {
@@ -289,27 +296,12 @@ fn kefustate_change_inner(st: &SimState, token: &str, body: &[u8]) -> Outcome {
         Ok(o) => o,
         Err(e) => return e,
     };
-    let on = match o.fields.get("kefustate") {
-        Some("on") => true,
-        Some("off") => false,
-        _ => {
-            return (
-                Some(o.account),
-                ApiErr::hint(code::BOT_FIELDS, "kefustate must be on or off").into(),
-            );
-        }
+    let change = match kefu::change_of(&o.fields) {
+        Ok(c) => c,
+        Err(e) => return (Some(o.account), ApiErr::hint(code::BOT_FIELDS, e).into()),
     };
     let openid = o.fields.get("openid").unwrap_or_default().to_owned();
-    {
-        let mut conv = lock(&st.conv);
-        let s = conv
-            .kefu
-            .entry(o.account)
-            .or_default()
-            .entry(openid.clone())
-            .or_default();
-        *s = next_kefu_status(*s, on);
-    }
+    lock(&st.conv).apply_kefu(o.account, &openid, change);
     let body = fields_json(&o.fields);
     st.accept(
         o.account,

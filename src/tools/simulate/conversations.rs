@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::kefu::{Change, KefuEntry};
 use super::util::{ID_LEN, now_ms, random_id};
 
 /// WeCom's sync_msg callback Token lifetime.
@@ -30,15 +31,6 @@ pub(crate) struct Session {
     pub sends_since_customer: u32,
 }
 
-/// Chatbot `status` alongside `kefustate`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum KefuStatus {
-    #[default]
-    Asking,
-    PersonServing,
-    Complete,
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct InboundLog {
     pub entries: Vec<(Instant, Value)>,
@@ -57,8 +49,8 @@ pub(crate) struct EventCode {
 pub(crate) struct Conversations {
     /// open_kfid → external_userid → session.
     pub sessions: HashMap<String, HashMap<String, Session>>,
-    /// chatbot account index → openid → status.
-    pub kefu: HashMap<usize, HashMap<String, KefuStatus>>,
+    /// chatbot account index → openid → state (see [`super::kefu`]).
+    pub kefu: HashMap<usize, HashMap<String, KefuEntry>>,
     /// open_kfid → inbound log.
     pub logs: HashMap<String, InboundLog>,
     /// callback Token → (open_kfid, expiry).
@@ -104,6 +96,16 @@ impl Conversations {
         token
     }
 
+    /// Apply a kefustate change to a chatbot user's state, now.
+    pub fn apply_kefu(&mut self, account: usize, openid: &str, change: Change) {
+        self.kefu
+            .entry(account)
+            .or_default()
+            .entry(openid.to_owned())
+            .or_default()
+            .apply(change, Instant::now());
+    }
+
     /// Append an inbound entry; `msgid` must already be inside `entry`.
     pub fn append(&mut self, kfid: &str, entry: Value) {
         self.logs
@@ -111,15 +113,6 @@ impl Conversations {
             .or_default()
             .entries
             .push((Instant::now(), entry));
-    }
-}
-
-/// Chatbot status after a kefustate change.
-pub(crate) fn next_kefu_status(cur: KefuStatus, on: bool) -> KefuStatus {
-    match (cur, on) {
-        (_, true) => KefuStatus::PersonServing,
-        (KefuStatus::PersonServing, false) => KefuStatus::Complete,
-        (s, false) => s,
     }
 }
 

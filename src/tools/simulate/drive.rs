@@ -2,14 +2,13 @@
 //! messages, events, service states, kefustates, and callbacks to the worker signed and
 //! encrypted as the platform would.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use serde_json::{Value, json};
 
-use super::conversations::{
-    KefuStatus, SYNC_TOKEN_TTL, Session, next_kefu_status, push_event_locked,
-};
+use super::conversations::{SYNC_TOKEN_TTL, Session, push_event_locked};
+use super::kefu::{self, Change, KefuStatus};
 use super::state::SimState;
 use super::util::{ID_LEN, lock, now_ms, random_id, url_encode};
 use super::xml;
@@ -113,30 +112,57 @@ impl SimState {
             .map_or((0, None), |s| (s.state, s.servicer.clone()))
     }
 
-    /// Set a chatbot user's kefustate (`on`: a human serves, the bot must stay silent).
+    /// Set a chatbot user's kefustate (`on`: a human serves, the bot must stay silent), as
+    /// kefustate/change with `on` / `off` does.
     pub fn set_kefustate(&self, account: &str, openid: &str, on: bool) {
+        let change = if on { Change::On } else { Change::Off };
         if let Some(i) = self.warn_unknown("set_kefustate", account) {
-            let mut conv = lock(&self.conv);
-            let st = conv
-                .kefu
-                .entry(i)
-                .or_default()
-                .entry(openid.to_owned())
-                .or_default();
-            *st = next_kefu_status(*st, on);
+            lock(&self.conv).apply_kefu(i, openid, change);
         }
     }
 
     /// A chatbot user's kefustate (`false` when never set).
     pub fn kefustate(&self, account: &str, openid: &str) -> bool {
-        let Some(i) = self.account_index(account) else {
+        self.chatbot_state(account, openid) == "personserving"
+    }
+
+    /// Set a chatbot user's state to one of the four (`asking`, `personserving`, `complete`,
+    /// `needperson`) for `expires` (default 1800 s), after which it reverts to `asking`, as
+    /// kefustate/change does. False (and nothing changes) for another word or account.
+    pub fn set_chatbot_state(
+        &self,
+        account: &str,
+        openid: &str,
+        status: &str,
+        expires: Option<Duration>,
+    ) -> bool {
+        let (Some(i), Some(s)) = (
+            self.warn_unknown("set_chatbot_state", account),
+            KefuStatus::of_word(status),
+        ) else {
             return false;
         };
-        let conv = lock(&self.conv);
-        conv.kefu
+        lock(&self.conv).apply_kefu(
+            i,
+            openid,
+            Change::To(s, expires.unwrap_or(kefu::DEFAULT_EXPIRES)),
+        );
+        true
+    }
+
+    /// A chatbot user's state now, as kefustate/get's `status` names it (`asking` when never
+    /// set, or when its expiry has passed).
+    pub fn chatbot_state(&self, account: &str, openid: &str) -> &'static str {
+        let Some(i) = self.account_index(account) else {
+            return KefuStatus::Asking.word();
+        };
+        lock(&self.conv)
+            .kefu
             .get(&i)
             .and_then(|m| m.get(openid))
-            .is_some_and(|s| *s == KefuStatus::PersonServing)
+            .map(|e| e.at(Instant::now()))
+            .unwrap_or_default()
+            .word()
     }
 
     /// The next sync_msg on `open_kfid` returns an empty page with `has_more = 1` (as WeCom

@@ -64,6 +64,7 @@ pub mod chatbot;
 mod conversations;
 mod drive;
 pub mod gate;
+mod kefu;
 pub mod kf_admin;
 mod options;
 mod reply;

@@ -43,6 +43,7 @@ fn bot_account() -> AccountConfig {
         encoding_aes_key: Secret::new(KEY),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        gate_needperson: false,
     }
 }
 
@@ -64,6 +65,7 @@ fn kf_account() -> AccountConfig {
         encoding_aes_key: Secret::new(KEY),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        gate_needperson: false,
     }
 }
 
@@ -327,6 +329,73 @@ async fn chatbot_kefustate_get_and_change() {
     let bad =
         "<xml><appid>BOTAPPID123456</appid><openid>oU</openid><kefustate>maybe</kefustate></xml>";
     assert_eq!(errcode(&s.bot("kefustate/change", bad).await), 1007);
+}
+
+/// Issue 20.2: the four states, `type` simple / all, a change with `expires` that reverts.
+#[tokio::test]
+async fn chatbot_four_states_with_expiry() {
+    let s = Sim::new().await;
+    let get = |t: &str| format!("<xml><openid>oS</openid><type>{t}</type></xml>");
+    let change =
+        |k: &str, e: &str| format!("<xml><openid>oS</openid><kefustate>{k}</kefustate>{e}</xml>");
+    assert_eq!(
+        errcode(
+            &s.bot(
+                "kefustate/change",
+                &change("needperson", "<expires>1</expires>")
+            )
+            .await
+        ),
+        0
+    );
+    let v = s.bot("kefustate/get", &get("all")).await;
+    assert_eq!(
+        (v["kefustate"].as_str(), v["status"].as_str()),
+        (Some("off"), Some("needperson"))
+    );
+    // type=simple: on/off only.
+    let v = s.bot("kefustate/get", &get("simple")).await;
+    assert_eq!(
+        (v["kefustate"].as_str(), v.get("status")),
+        (Some("off"), None)
+    );
+    assert_eq!(errcode(&s.bot("kefustate/get", &get("full")).await), 1007);
+    assert_eq!(s.h.state().chatbot_state("bot", "oS"), "needperson");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let v = s.bot("kefustate/get", &get("all")).await;
+    assert_eq!(v["status"], "asking", "reverted after expires");
+
+    assert_eq!(
+        errcode(
+            &s.bot("kefustate/change", &change("personserving", ""))
+                .await
+        ),
+        0
+    );
+    let v = s.bot("kefustate/get", &get("simple")).await;
+    assert_eq!(v["kefustate"], "on");
+    for bad in [
+        change("needperson", "<expires>0</expires>"),
+        change("needperson", "<expires>soon</expires>"),
+        change("waiting", ""),
+    ] {
+        assert_eq!(
+            errcode(&s.bot("kefustate/change", &bad).await),
+            1007,
+            "{bad}"
+        );
+    }
+    // The admin API sets and shows the four states too.
+    s.post(
+        "/_sim/chatbot/kefustate",
+        &json!({"account": "bot", "openid": "oS", "status": "complete", "expires": 60}),
+    )
+    .await;
+    let v = s.get("/_sim/chatbot/kefustate?account=bot&openid=oS").await;
+    assert_eq!(
+        (v["kefustate"].as_str(), v["status"].as_str()),
+        (Some("off"), Some("complete"))
+    );
 }
 
 // ---------------------------------------------------------------- wecom basics
