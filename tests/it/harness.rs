@@ -27,7 +27,7 @@ fn unique(prefix: &str) -> String {
 
 /// Run `rabbitmqctl`. Calls are serialised within the test process (every call boots an
 /// Erlang node, and many at once exhaust the CLI's distribution ports), and a call that
-/// hangs (seen on loaded machines) is killed after a minute and tried again, up to 3 times.
+/// hangs (seen on loaded machines) is killed (with its process group) after 30 s and tried again, up to 3 times.
 pub fn rabbitmqctl(args: &[&str]) {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -39,12 +39,13 @@ pub fn rabbitmqctl(args: &[&str]) {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("rabbitmqctl must be installed for the tests");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             match child.try_wait().expect("waiting for rabbitmqctl") {
                 Some(st) => break Some(st),
                 None if Instant::now() > deadline => {
                     let _ = child.kill();
+                    kill_cli_vm(args);
                     let _ = child.wait();
                     break None;
                 }
@@ -64,10 +65,33 @@ pub fn rabbitmqctl(args: &[&str]) {
                 }
                 last = err;
             }
-            None => last = "timed out after 60 s".into(),
+            None => last = "timed out after 30 s".into(),
         }
     }
     panic!("rabbitmqctl {args:?}: {last}");
+}
+
+/// Kill the Erlang VM of a hung `rabbitmqctl ARGS` call. `rabbitmqctl` runs `su` → `sh` → the
+/// VM, and `su -c` puts the VM in a session of its own, so killing the child leaves it behind;
+/// an orphaned VM keeps one of the CLI's 11 distribution ports (35672–35682) until every later
+/// call hangs too.
+fn kill_cli_vm(args: &[&str]) {
+    let escaped: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                        c.to_string()
+                    } else {
+                        format!("\\{c}")
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let pattern = format!("escript/rabbitmqctl {}$", escaped.join(" "));
+    let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
 }
 
 /// The worker's `/metrics` text (admin listener).
