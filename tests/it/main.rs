@@ -20,4 +20,5 @@ mod kf;
 mod ops;
 mod platform_fixes;
 mod retry;
+mod schedule;
 mod text_secrets;
