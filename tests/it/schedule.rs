@@ -23,6 +23,30 @@ fn in_ms(ms: i64) -> (String, i64) {
     )
 }
 
+/// An environment with one WeCom account `kf` and delay tiers of 1 and 2 s (a test's
+/// scheduled job makes a few round trips through them in seconds).
+async fn env() -> Env {
+    let env = env().await;
+    env
+}
+
+/// Publish a text job `id` to `to` on `kf`, with `extra` fields (`not_before`, `not_after`).
+async fn send(env: &Env, id: &str, to: &str, extra: serde_json::Value) {
+    let mut job = json!({"job_id": id, "to": to, "message": {"text": id}});
+    if let (Some(j), Some(x)) = (job.as_object_mut(), extra.as_object()) {
+        j.extend(x.clone());
+    }
+    env.publish("kf", &job).await;
+}
+
+/// The job ids in `parked_jobs`.
+async fn parked(env: &Env) -> Vec<String> {
+    sqlx::query_scalar("SELECT job_id FROM parked_jobs ORDER BY job_id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
 /// Poll until none of `ids` is waiting (accepted, retrying or scheduled).
 async fn wait_done(env: &Env, ids: &[&str], timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -35,21 +59,20 @@ async fn wait_done(env: &Env, ids: &[&str], timeout: Duration) {
                     .is_none_or(|s| matches!(s.as_str(), "accepted" | "retrying" | "scheduled"))
             })
             .collect();
+        assert!(
+            waiting.is_empty() || Instant::now() < deadline,
+            "still waiting after {timeout:?}: {waiting:?} ({st:?})"
+        );
         if waiting.is_empty() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "still waiting after {timeout:?}: {waiting:?} ({st:?})"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_job_is_sent_once_due_and_holds_only_its_conversation() {
-    let mut env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
-    env.cfg.retry.tiers_secs = vec![1, 2];
+    let env = env().await;
     // The customer of `wmOld` wrote 48 h minus 2 s ago: the window is open when the job is
     // published, closed when it is due.
     sqlx::query("INSERT INTO conversations (account, open_kfid, external_userid, last_customer_msg_at) VALUES ('kf', 'wkKF1', 'wmOld', now() - interval '48 hours' + interval '2 seconds')")
@@ -60,26 +83,12 @@ async fn a_scheduled_job_is_sent_once_due_and_holds_only_its_conversation() {
     let sim = env.sim();
     let (at, at_ms) = in_ms(3_000);
     let (soon, _) = in_ms(1_000);
-    env.publish("kf", &json!({"job_id": "a1", "to": "wmAlice", "message": {"text": "scheduled"}, "not_before": at}))
-        .await;
+    send(&env, "a1", "wmAlice", json!({"not_before": at})).await;
     wait_status(&env, "a1", "scheduled", Duration::from_secs(5)).await;
-    env.publish(
-        "kf",
-        &json!({"job_id": "a2", "to": "wmAlice", "message": {"text": "after a1"}}),
-    )
-    .await;
-    env.publish("kf", &json!({"job_id": "a3", "to": "wmAlice", "message": {"text": "too late"}, "not_after": soon}))
-        .await;
-    env.publish(
-        "kf",
-        &json!({"job_id": "b1", "to": "wmBob", "message": {"text": "not delayed"}}),
-    )
-    .await;
-    env.publish(
-        "kf",
-        &json!({"job_id": "old", "to": "wmOld", "message": {"text": "window"}, "not_before": at}),
-    )
-    .await;
+    send(&env, "a2", "wmAlice", json!({})).await;
+    send(&env, "a3", "wmAlice", json!({"not_after": soon})).await;
+    send(&env, "b1", "wmBob", json!({})).await;
+    send(&env, "old", "wmOld", json!({"not_before": at})).await;
     wait_status(&env, "b1", "sent", Duration::from_secs(2)).await;
     wait_status(&env, "a3", "retrying", Duration::from_secs(2)).await;
     let error: String = sqlx::query_scalar("SELECT error FROM deliveries WHERE job_id = 'a1'")
@@ -125,29 +134,19 @@ async fn a_scheduled_job_is_sent_once_due_and_holds_only_its_conversation() {
         broker::header_str(&dead[0].1, broker::H_REASON).as_deref(),
         Some("window_closed")
     );
-    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_jobs")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(parked, 0, "nothing left parked");
+    assert!(parked(&env).await.is_empty(), "nothing left parked");
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_job_survives_a_worker_restart_and_keeps_its_order() {
-    let mut env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
-    env.cfg.retry.tiers_secs = vec![1, 2];
+    let env = env().await;
     let worker = env.start_worker().await;
     let (at, at_ms) = in_ms(5_000);
-    env.publish("kf", &json!({"job_id": "s1", "to": "wmAlice", "message": {"text": "scheduled"}, "not_before": at}))
-        .await;
+    send(&env, "s1", "wmAlice", json!({"not_before": at})).await;
     wait_status(&env, "s1", "scheduled", Duration::from_secs(5)).await;
-    env.publish(
-        "kf",
-        &json!({"job_id": "s2", "to": "wmAlice", "message": {"text": "after s1"}}),
-    )
-    .await;
+    send(&env, "s2", "wmAlice", json!({})).await;
     wait_status(&env, "s2", "retrying", Duration::from_secs(5)).await;
     worker.stop().await.unwrap();
     assert_eq!(env.sim().accepted_count(), 0);
@@ -165,8 +164,7 @@ async fn a_scheduled_job_survives_a_worker_restart_and_keeps_its_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_broadcast_fans_out_when_due_and_bad_times_are_dead_lettered() {
-    let mut env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
-    env.cfg.retry.tiers_secs = vec![1, 2];
+    let env = env().await;
     let worker = env.start_worker().await;
     let (at, at_ms) = in_ms(3_000);
     env.publish(
@@ -178,10 +176,7 @@ async fn a_scheduled_broadcast_fans_out_when_due_and_bad_times_are_dead_lettered
     // Before it is due: held as one parked message, nothing fanned out or sent.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let parked: Vec<String> = sqlx::query_scalar("SELECT job_id FROM parked_jobs")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+        let parked = parked(&env).await;
         if parked == ["bc"] {
             break;
         }
@@ -250,11 +245,10 @@ async fn a_scheduled_broadcast_fans_out_when_due_and_bad_times_are_dead_lettered
         sent.iter().all(|a| a.at_ms >= at_ms),
         "a recipient was sent before the broadcast's not_before"
     );
-    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_jobs")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(parked, 0, "the broadcast was released after its fan-out");
+    assert!(
+        parked(&env).await.is_empty(),
+        "the broadcast was released after its fan-out"
+    );
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
