@@ -25,8 +25,9 @@ fn in_ms(ms: i64) -> (String, i64) {
 
 /// An environment with one WeCom account `kf` and delay tiers of 1 and 2 s (a test's
 /// scheduled job makes a few round trips through them in seconds).
-async fn env() -> Env {
-    let env = env().await;
+async fn scheduling_env() -> Env {
+    let mut env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
+    env.cfg.retry.tiers_secs = vec![1, 2];
     env
 }
 
@@ -72,7 +73,7 @@ async fn wait_done(env: &Env, ids: &[&str], timeout: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_job_is_sent_once_due_and_holds_only_its_conversation() {
-    let env = env().await;
+    let env = scheduling_env().await;
     // The customer of `wmOld` wrote 48 h minus 2 s ago: the window is open when the job is
     // published, closed when it is due.
     sqlx::query("INSERT INTO conversations (account, open_kfid, external_userid, last_customer_msg_at) VALUES ('kf', 'wkKF1', 'wmOld', now() - interval '48 hours' + interval '2 seconds')")
@@ -141,7 +142,7 @@ async fn a_scheduled_job_is_sent_once_due_and_holds_only_its_conversation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_job_survives_a_worker_restart_and_keeps_its_order() {
-    let env = env().await;
+    let env = scheduling_env().await;
     let worker = env.start_worker().await;
     let (at, at_ms) = in_ms(5_000);
     send(&env, "s1", "wmAlice", json!({"not_before": at})).await;
@@ -164,7 +165,7 @@ async fn a_scheduled_job_survives_a_worker_restart_and_keeps_its_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_broadcast_fans_out_when_due_and_bad_times_are_dead_lettered() {
-    let env = env().await;
+    let env = scheduling_env().await;
     let worker = env.start_worker().await;
     let (at, at_ms) = in_ms(3_000);
     env.publish(
