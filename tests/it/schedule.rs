@@ -253,3 +253,30 @@ async fn a_scheduled_broadcast_fans_out_when_due_and_bad_times_are_dead_lettered
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_in_process_when_the_worker_stops_goes_to_a_tier_and_is_not_sent() {
+    let mut env = scheduling_env().await;
+    // Smallest tier 30 s: a job due in 8 s waits in process (at most 10 s).
+    env.cfg.retry.tiers_secs = vec![30];
+    let worker = env.start_worker().await;
+    let (at, at_ms) = in_ms(8_000);
+    send(&env, "w1", "wmAlice", json!({"not_before": at})).await;
+    // Claimed and waiting: the row exists, nothing parked yet.
+    wait_status(&env, "w1", "accepted", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.stop().await.unwrap();
+    // Handed to a tier at the stop, not left to a task that outlives the lane.
+    assert_eq!(env.status_of("w1").await.as_deref(), Some("scheduled"));
+    assert_eq!(parked(&env).await, ["w1"]);
+    assert_eq!(env.queue_len(&broker::retry_tier(30)).await, 1);
+    // Past its due time: the stopped worker sent nothing.
+    let wait = (at_ms + 1_000 - Utc::now().timestamp_millis()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert_eq!(
+        env.sim().accepted_count(),
+        0,
+        "sent after the worker stopped"
+    );
+    env.cleanup().await;
+}

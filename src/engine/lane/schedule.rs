@@ -90,15 +90,17 @@ pub(super) async fn hold(ctx: &LaneCtx, job: &Job, attempts: i32, parks: u32) ->
     match due(job.not_before, now, &ctx.cfg.retry.tiers_secs) {
         Due::Now => None,
         Due::Wait(d) => {
-            tokio::time::sleep(d).await;
-            None
+            tokio::select! {
+                _ = tokio::time::sleep(d) => None,
+                // The lane stops: hand the job to the smallest tier rather than leave it to a
+                // task that would send it after its message went back to the broker.
+                _ = ctx.stopping.cancelled() => {
+                    let smallest = ctx.cfg.retry.tiers_secs.iter().copied().min();
+                    Some(scheduled(job, smallest.unwrap_or(1), attempts, parks, now))
+                }
+            }
         }
-        Due::Park(tier_secs) => Some(Outcome::Scheduled {
-            tier_secs,
-            attempts,
-            parks,
-            due: job.not_before.unwrap_or(now),
-        }),
+        Due::Park(tier_secs) => Some(scheduled(job, tier_secs, attempts, parks, now)),
         Due::TooFar => Some(Outcome::Dead {
             reason: Reason::NotBeforeTooFar.into(),
             errcode: None,
@@ -111,6 +113,15 @@ pub(super) async fn hold(ctx: &LaneCtx, job: &Job, attempts: i32, parks: u32) ->
             )),
             attempts,
         }),
+    }
+}
+
+fn scheduled(job: &Job, tier_secs: u64, attempts: i32, parks: u32, now: DateTime<Utc>) -> Outcome {
+    Outcome::Scheduled {
+        tier_secs,
+        attempts,
+        parks,
+        due: job.not_before.unwrap_or(now),
     }
 }
 
