@@ -74,6 +74,7 @@ fn write_stats(out: &mut impl Write, s: &Stats, now: DateTime<Utc>) -> std::io::
 fn delivery_table(s: &Stats) -> Table {
     let order = [
         Status::Accepted,
+        Status::Scheduled,
         Status::Retrying,
         Status::Sent,
         Status::Failed,

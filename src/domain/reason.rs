@@ -72,6 +72,13 @@ reasons! {
     InvalidGate = "invalid_gate",
     /// `not_after` is not an RFC 3339 time.
     InvalidNotAfter = "invalid_not_after",
+    /// `not_before` is not an RFC 3339 time, or is set on an event_reply (which cannot wait).
+    InvalidNotBefore = "invalid_not_before",
+    /// `not_before` is later than `not_after`: the job could only expire.
+    NotBeforeAfterNotAfter = "not_before_after_not_after",
+    /// `not_before` is further ahead than a scheduled send may wait
+    /// (`engine::lane::schedule::MAX_AHEAD`).
+    NotBeforeTooFar = "not_before_too_far",
     /// The `chatbot` extras are malformed.
     InvalidChatbot = "invalid_chatbot",
     /// A chatbot job for sendmsg channel 0, 5 or 6 names no `chatbot.appid` and its account has

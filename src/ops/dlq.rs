@@ -266,7 +266,7 @@ fn decide(
 fn skip_for_status(status: &str) -> Option<Skip> {
     match Status::parse(status) {
         Some(Status::Sent | Status::Failed) => Some(Skip::AlreadySent),
-        Some(Status::Dead) | Some(Status::Accepted | Status::Retrying) => None,
+        Some(Status::Dead) | Some(Status::Accepted | Status::Retrying | Status::Scheduled) => None,
         Some(other) => Some(Skip::Final(other.as_str().to_owned())),
         None => Some(Skip::Final(status.to_owned())),
     }

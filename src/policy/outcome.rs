@@ -33,6 +33,15 @@ pub enum Outcome {
         errcode: Option<i64>,
         error: String,
     },
+    /// Not due yet (its `not_before` is ahead): park the job in the durable delay tier of
+    /// `tier_secs` and ack it, like [`Outcome::Park`] but not a retry (`parks` is unchanged);
+    /// it comes back to the lane by itself and is sent once due. The row says `scheduled`.
+    Scheduled {
+        tier_secs: u64,
+        attempts: i32,
+        parks: u32,
+        due: chrono::DateTime<chrono::Utc>,
+    },
     /// A broadcast was fanned out into this many recipients' jobs (its record is the
     /// `broadcasts` row).
     FannedOut {
@@ -52,6 +61,8 @@ pub enum RowStatus {
     Expired,
     Retrying,
     Dead,
+    /// Waiting for its `not_before` ([`Outcome::Scheduled`]).
+    Scheduled,
 }
 
 /// The outcome's part of its `deliveries` row (the row's identity is the job's).
@@ -74,6 +85,7 @@ impl Outcome {
             Outcome::Duplicate(_) => "duplicate",
             Outcome::Dead { .. } => "dead",
             Outcome::Park { .. } => "parked",
+            Outcome::Scheduled { .. } => "scheduled",
             Outcome::FannedOut { .. } => "fanned_out",
             Outcome::Requeue { .. } => "requeued",
         }
@@ -130,6 +142,15 @@ impl Outcome {
                 attempts,
                 *errcode,
                 Some(format!("parked {tier_secs}s: {error}")),
+            ),
+            Outcome::Scheduled { attempts, due, .. } => row(
+                RowStatus::Scheduled,
+                attempts,
+                None,
+                Some(format!(
+                    "scheduled: not before {}",
+                    due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )),
             ),
             Outcome::Duplicate(_) | Outcome::FannedOut { .. } | Outcome::Requeue { .. } => {
                 return None;

@@ -100,6 +100,23 @@ fn every_outcome_maps_to_its_row() {
                 None,
             ),
         ),
+        (
+            Outcome::Scheduled {
+                tier_secs: 600,
+                attempts: 0,
+                parks: 0,
+                due: chrono::DateTime::parse_from_rfc3339("2026-12-01T18:00:00+08:00")
+                    .unwrap()
+                    .to_utc(),
+            },
+            row(
+                RowStatus::Scheduled,
+                0,
+                None,
+                Some("scheduled: not before 2026-12-01T10:00:00Z"),
+                None,
+            ),
+        ),
         (Outcome::Duplicate("sent"), None),
         (Outcome::FannedOut { recipients: 3 }, None),
         (
@@ -137,6 +154,12 @@ fn names_are_distinct_words() {
             follow: true,
             errcode: None,
             error: String::new(),
+        },
+        Outcome::Scheduled {
+            tier_secs: 5,
+            attempts: 0,
+            parks: 0,
+            due: chrono::DateTime::UNIX_EPOCH,
         },
         Outcome::FannedOut { recipients: 0 },
         Outcome::Requeue { why: String::new() },

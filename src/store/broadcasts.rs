@@ -277,7 +277,7 @@ pub async fn cancel(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<u6
     // Jobs in flight at this moment may still be sent: their outcome overwrites `cancelled`.
     let n = sqlx::query(
         "UPDATE deliveries SET status = 'cancelled', error = 'broadcast cancelled', updated_at = now()
-         WHERE broadcast_id = $1 AND account = $2 AND status IN ('accepted', 'retrying')",
+         WHERE broadcast_id = $1 AND account = $2 AND status IN ('accepted', 'retrying', 'scheduled')",
     )
     .bind(id)
     .bind(account)

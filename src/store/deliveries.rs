@@ -19,6 +19,8 @@ pub enum Status {
     Suppressed,
     Expired,
     Cancelled,
+    /// Waiting for its `not_before` (a scheduled send, held in a delay tier): not an outcome.
+    Scheduled,
 }
 
 impl Status {
@@ -32,6 +34,7 @@ impl Status {
             Status::Suppressed => "suppressed",
             Status::Expired => "expired",
             Status::Cancelled => "cancelled",
+            Status::Scheduled => "scheduled",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -44,12 +47,16 @@ impl Status {
             "suppressed" => Status::Suppressed,
             "expired" => Status::Expired,
             "cancelled" => Status::Cancelled,
+            "scheduled" => Status::Scheduled,
             _ => return None,
         })
     }
     /// A terminal status is an outcome: a redelivered job in this state is not processed again.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Accepted | Status::Retrying)
+        !matches!(
+            self,
+            Status::Accepted | Status::Retrying | Status::Scheduled
+        )
     }
 }
 
@@ -520,7 +527,7 @@ mod tests {
         ] {
             assert!(Status::parse(s).is_some_and(Status::is_terminal), "{s}");
         }
-        for s in ["accepted", "retrying"] {
+        for s in ["accepted", "retrying", "scheduled"] {
             assert!(Status::parse(s).is_some_and(|x| !x.is_terminal()), "{s}");
         }
         assert_eq!(Status::parse("bogus"), None);

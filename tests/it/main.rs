@@ -21,4 +21,5 @@ mod ops;
 mod platform_fixes;
 mod retry;
 mod states;
+mod schedule;
 mod text_secrets;

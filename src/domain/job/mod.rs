@@ -20,7 +20,8 @@
 //! 3. `kind` (`send` by default; `event_reply` is WeCom only), `to` (a recipient, or for a
 //!    broadcast an array of up to [`MAX_BROADCAST_RECIPIENTS`]), `open_kfid` (WeCom; defaulted when
 //!    the account has exactly one), `message` (exactly one key, the message type, validated against
-//!    the platform's own payload format and limits), `gate`, `not_after`, the `chatbot` extras, and
+//!    the platform's own payload format and limits), `gate`, `not_after`, `not_before` (not after
+//!    `not_after`; not on an event_reply), the `chatbot` extras, and
 //!    the kind's own fields (`code`; `service_state`/`servicer_userid`/`kefustate`).
 //!
 //! Unknown top-level fields are ignored (forward compatibility), and so are fields that do not

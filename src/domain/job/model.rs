@@ -114,6 +114,9 @@ pub struct Job {
     pub gate: Gate,
     /// Not sent after this instant (then the job is `expired`).
     pub not_after: Option<DateTime<Utc>>,
+    /// Not sent before this instant (a scheduled send; see `engine::lane::schedule`): the lane
+    /// holds the job durably in the delay tiers until then. Never after `not_after`.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// Why a job is rejected. `reason` names the problem (its stable snake_case word becomes the AMQP
@@ -135,7 +138,7 @@ pub struct JobError {
 }
 
 /// The per-recipient `Send` job of a broadcast: derived job id, `to = recipient`, and the same
-/// message, gate, not_after, open_kfid and chatbot extras.
+/// message, gate, not_after, not_before, open_kfid and chatbot extras.
 pub fn fan_out(broadcast: &Job, recipient: &str) -> Job {
     Job {
         job_id: derive_job_id(&broadcast.job_id, recipient),
@@ -146,5 +149,6 @@ pub fn fan_out(broadcast: &Job, recipient: &str) -> Job {
         chatbot: broadcast.chatbot.clone(),
         gate: broadcast.gate,
         not_after: broadcast.not_after,
+        not_before: broadcast.not_before,
     }
 }

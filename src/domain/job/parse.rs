@@ -135,7 +135,8 @@ fn parse_fields(obj: &Map<String, Value>, job_id: &str, account: &dyn AccountVie
     };
 
     let gate = gate_of(obj.get("gate"))?;
-    let not_after = not_after_of(obj.get("not_after"))?;
+    let not_after = time_of(obj.get("not_after"), "not_after", Reason::InvalidNotAfter)?;
+    let not_before = not_before_of(obj.get("not_before"), kind, not_after)?;
 
     let chatbot = match channel {
         Channel::Chatbot => chatbot_extras_of(obj.get("chatbot"), account)?,
@@ -160,6 +161,7 @@ fn parse_fields(obj: &Map<String, Value>, job_id: &str, account: &dyn AccountVie
         chatbot,
         gate,
         not_after,
+        not_before,
     })
 }
 
@@ -175,23 +177,54 @@ fn gate_of(v: Option<&Value>) -> R<Gate> {
     }
 }
 
-fn not_after_of(v: Option<&Value>) -> R<Option<DateTime<Utc>>> {
+/// An optional RFC 3339 time (with its offset) in `field`; `reason` names the field's problem.
+fn time_of(v: Option<&Value>, field: &str, reason: Reason) -> R<Option<DateTime<Utc>>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
             Ok(t) => Ok(Some(t.with_timezone(&Utc))),
             Err(e) => reject(
-                Reason::InvalidNotAfter,
-                format!("not_after: {}: not an RFC 3339 time ({e})", clip(s)),
+                reason,
+                format!("{field}: {}: not an RFC 3339 time ({e})", clip(s)),
             ),
         },
         Some(other) => reject(
-            Reason::InvalidNotAfter,
+            reason,
             format!(
-                "not_after: expected an RFC 3339 string, got {}",
+                "{field}: expected an RFC 3339 string, got {}",
                 type_name(other)
             ),
         ),
+    }
+}
+
+/// `not_before`: when a scheduled job becomes due. Not for an event_reply (its `code` is valid
+/// 20 s after the event, so it can never wait), and never after `not_after` (the job could
+/// only expire). How far ahead it may be is checked by the lane, which has a clock.
+fn not_before_of(
+    v: Option<&Value>,
+    kind: KindTag,
+    not_after: Option<DateTime<Utc>>,
+) -> R<Option<DateTime<Utc>>> {
+    let Some(t) = time_of(v, "not_before", Reason::InvalidNotBefore)? else {
+        return Ok(None);
+    };
+    if kind == KindTag::EventReply {
+        return reject(
+            Reason::InvalidNotBefore,
+            "not_before: an event_reply cannot be scheduled (its code is valid 20 s after the event)",
+        );
+    }
+    match not_after {
+        Some(na) if t > na => reject(
+            Reason::NotBeforeAfterNotAfter,
+            format!(
+                "not_before ({}) is after not_after ({}): the job could only expire",
+                t.to_rfc3339(),
+                na.to_rfc3339()
+            ),
+        ),
+        _ => Ok(Some(t)),
     }
 }
 

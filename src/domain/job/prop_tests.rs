@@ -14,7 +14,7 @@ use crate::domain::channel::Channel;
 /// Field names and message types, so generated bodies hit the validators.
 #[rustfmt::skip]
 const KEYS: &[&str] = &[
-    "job_id", "kind", "to", "open_kfid", "message", "gate", "not_after", "chatbot", "code",
+    "job_id", "kind", "to", "open_kfid", "message", "gate", "not_after", "not_before", "chatbot", "code",
     "service_state", "servicer_userid", "kefustate", "text", "content", "image", "media_id",
     "url", "news", "articles", "title", "description", "picurl", "miniprogrampage", "appid",
     "pagepath", "thumb_url", "thumb_media_id", "multimsg", "voice", "video", "file", "link",

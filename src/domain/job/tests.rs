@@ -86,6 +86,8 @@ pub(super) const PARSE_REASONS: [Reason; 22] = [
     Reason::UnknownOpenKfid,
     Reason::InvalidGate,
     Reason::InvalidNotAfter,
+    Reason::InvalidNotBefore,
+    Reason::NotBeforeAfterNotAfter,
     Reason::InvalidChatbot,
     Reason::InvalidCode,
     Reason::InvalidTransfer,
@@ -168,6 +170,17 @@ fn full_job_fields() {
         j.not_after.unwrap().to_rfc3339(),
         "2026-11-21T10:00:00+00:00",
         "not_after normalised to UTC"
+    );
+    assert_eq!(j.not_before, None, "no not_before: sent when taken");
+    let j = ok(
+        &wecom2(),
+        json!({"job_id": "j1", "to": "wmU", "open_kfid": "wkB", "message": {"text": "x"},
+               "not_before": "2026-11-21T18:00:00+08:00", "not_after": "2026-11-21T10:00:00Z"}),
+    );
+    assert_eq!(
+        j.not_before.unwrap().to_rfc3339(),
+        "2026-11-21T10:00:00+00:00",
+        "not_before normalised to UTC; equal to not_after is allowed"
     );
     let j = ok(
         &chatbot(),
@@ -343,6 +356,11 @@ fn every_reason() {
         (Reason::InvalidGate, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "gate": true})),
         (Reason::InvalidNotAfter, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "not_after": "tomorrow"})),
         (Reason::InvalidNotAfter, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "not_after": 1700000000})),
+        (Reason::InvalidNotBefore, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "not_before": "in an hour"})),
+        (Reason::InvalidNotBefore, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "not_before": "2030-01-01T09:00:00"})),
+        (Reason::InvalidNotBefore, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "not_before": 1700000000})),
+        (Reason::InvalidNotBefore, &w, json!({"job_id": "j", "kind": "event_reply", "code": "c", "to": "wmU", "message": {"text": "hi"}, "not_before": "2030-01-01T00:00:00Z"})),
+        (Reason::NotBeforeAfterNotAfter, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "not_before": "2030-01-01T10:00:01+08:00", "not_after": "2030-01-01T02:00:00Z"})),
         (Reason::InvalidChatbot, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "chatbot": "x"})),
         (Reason::InvalidChatbot, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "chatbot": {"event": "waiterDance"}})),
         (Reason::InvalidChatbot, &c, json!({"job_id": "j", "to": "oU", "message": {"text": "hi"}, "chatbot": {"channel": "7"}})),
@@ -621,7 +639,8 @@ fn fan_out_copies_everything_but_recipient_and_id() {
     let b = ok(
         &wecom2(),
         json!({"job_id": "B1", "kind": "broadcast", "to": ["u1", "u2"], "open_kfid": "wkB",
-               "message": {"text": "sale"}, "gate": "none", "not_after": "2030-01-01T00:00:00Z"}),
+               "message": {"text": "sale"}, "gate": "none", "not_after": "2030-01-01T00:00:00Z",
+               "not_before": "2029-12-31T20:00:00Z"}),
     );
     let one = fan_out(&b, "u2");
     assert_eq!(one.job_id, derive_job_id("B1", "u2"));
@@ -631,6 +650,8 @@ fn fan_out_copies_everything_but_recipient_and_id() {
     assert_eq!(one.message, b.message);
     assert_eq!(one.gate, Gate::None);
     assert_eq!(one.not_after, b.not_after);
+    assert_eq!(one.not_before, b.not_before);
+    assert!(one.not_before.is_some());
     assert_eq!(one.chatbot, b.chatbot);
 }
 

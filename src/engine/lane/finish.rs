@@ -13,7 +13,7 @@ use super::ctx::LaneCtx;
 use super::order::{conversation_of, requeue};
 use super::parked::H_PARKS;
 use crate::broker::{self, acks::Acks};
-use crate::domain::job::Job;
+use crate::domain::job::{Job, JobKind};
 use crate::engine::dead_letter::{self, Failed};
 use crate::engine::hold::hold_until_written;
 use crate::policy::outcome::{Outcome, Row, RowStatus};
@@ -28,6 +28,7 @@ fn status_of(s: RowStatus) -> Status {
         RowStatus::Expired => Status::Expired,
         RowStatus::Retrying => Status::Retrying,
         RowStatus::Dead => Status::Dead,
+        RowStatus::Scheduled => Status::Scheduled,
     }
 }
 
@@ -90,8 +91,8 @@ pub(super) async fn finish(
         }
         Outcome::FannedOut { recipients } => {
             tracing::debug!(account = %name, job.id = job_id.unwrap_or("-"), recipients, "broadcast fanned out");
-            acks.settled(delivery.delivery_tag, &delivery.acker);
-            return;
+            // A scheduled broadcast was parked until due: release it (a no-op otherwise).
+            return settle_after_record(ctx, delivery, acks, job).await;
         }
         // A broadcast recipient whose row a cancel ended `cancelled` before it was taken: not
         // a duplicate publish, but a delivery that ends cancelled.
@@ -111,7 +112,7 @@ pub(super) async fn finish(
             requeue(delivery, acks).await;
             return;
         }
-        Outcome::Park { .. } => {
+        Outcome::Park { .. } | Outcome::Scheduled { .. } => {
             Box::pin(park(ctx, delivery, acks, job, &outcome)).await;
             return;
         }
@@ -229,7 +230,8 @@ async fn dead_letter(
     }
 }
 
-/// Park the job: record first (row + conversation order), then hand the message to the
+/// Park the job (a retry, a job waiting behind its conversation's parked job, or a scheduled
+/// job not due yet): record first (row + conversation order), then hand the message to the
 /// tier, then ack: a crash in between re-runs the job from the lane, never loses it.
 async fn park(
     ctx: &LaneCtx,
@@ -239,30 +241,32 @@ async fn park(
     outcome: &Outcome,
 ) {
     let name = &ctx.account.name;
-    let (
-        Some(j),
-        Some(row),
+    let (tier_secs, parks) = match outcome {
         Outcome::Park {
-            tier_secs,
-            attempts,
-            parks,
-            follow,
-            error,
-            ..
-        },
-    ) = (job, outcome.row(), outcome)
-    else {
+            tier_secs, parks, ..
+        }
+        | Outcome::Scheduled {
+            tier_secs, parks, ..
+        } => (*tier_secs, *parks),
+        _ => (0, 0),
+    };
+    let (Some(j), Some(row), true) = (job, outcome.row(), tier_secs > 0) else {
         requeue(delivery, acks).await;
         return;
     };
     let row = delivery_row(ctx, job, Some(&j.job_id), row);
+    // A broadcast job has no `deliveries` row of its own (its record is `broadcasts`, written
+    // at fan-out): a scheduled one is remembered in `parked_jobs` only.
+    let has_row = !matches!(j.kind, JobKind::Broadcast { .. });
     let conv = conversation_of(j);
     // Both writes are idempotent (an upsert; parking keeps the job's place), so the pair is
     // what a held write retries.
     let record = || async {
-        ctx.store.record(row.clone()).await?;
+        if has_row {
+            ctx.store.record(row.clone()).await?;
+        }
         ctx.parked
-            .park(&ctx.store, name, &conv, &j.job_id, *tier_secs)
+            .park(&ctx.store, name, &conv, &j.job_id, tier_secs)
             .await
     };
     if let Err(e) = record().await {
@@ -277,15 +281,26 @@ async fn park(
         lapin::types::AMQPValue::LongString(parks.to_string().into()),
     );
     let props = delivery.properties.clone().with_headers(headers);
-    let tier = broker::retry_tier(*tier_secs);
+    let tier = broker::retry_tier(tier_secs);
     if let Err(e) = Box::pin(ctx.publisher.publish(&tier, name, &delivery.data, props)).await {
         warn!(account = %name, error = %e, "publish to the delay tier failed; message goes back to the queue");
         requeue(delivery, acks).await;
         return;
     }
-    if !follow {
-        tracing::info!(account = %name, job.id = %j.job_id, tier_secs, attempts, %error, "job parked in a delay tier");
+    match outcome {
+        Outcome::Park {
+            follow: false,
+            attempts,
+            error,
+            ..
+        } => {
+            tracing::info!(account = %name, job.id = %j.job_id, tier_secs, attempts, %error, "job parked in a delay tier");
+        }
+        Outcome::Scheduled { due, .. } => {
+            tracing::debug!(account = %name, job.id = %j.job_id, tier_secs, %due, "scheduled job waits in a delay tier");
+        }
+        _ => {}
     }
-    metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => "parked").increment(1);
+    metrics::counter!(t::DELIVERIES, "account" => name.clone(), "channel" => ctx.account.channel.as_str(), "outcome" => outcome.name()).increment(1);
     acks.settled(delivery.delivery_tag, &delivery.acker);
 }

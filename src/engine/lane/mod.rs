@@ -20,7 +20,7 @@
 //! - `process`: claim, allowance, gate, send with retries; `gates` (asking who serves) over
 //!   `gate_cache`; `pause`: the account pause ([`PauseGate`], over [`crate::policy::pause`]);
 //! - `finish`: record, dead-letter or park, then ack; `parked`: the conversations waiting
-//!   behind a parked job.
+//!   behind a parked job; `schedule`: holding a job until its `not_before`.
 //!
 //! "Channel" is kept for the account's platform (`config::Channel`, the `channel` metric
 //! label); the broker's channels are "AMQP channels", the in-process queue of finished jobs
@@ -36,6 +36,7 @@ mod parked;
 mod pause;
 mod process;
 mod run;
+mod schedule;
 
 pub use crate::policy::outcome::Outcome;
 pub use ctx::LaneCtx;

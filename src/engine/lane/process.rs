@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::ctx::LaneCtx;
 use super::gates::{self, BotGate};
 use super::order::conversation_of;
+use super::schedule;
 use crate::config::Channel;
 use crate::domain::allowance::{self, Allowance};
 use crate::domain::job::{Gate, Job, JobKind};
@@ -41,6 +42,12 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32, bulk: bool) -> Outcom
         Ok(c) => c,
         Err(o) => return o,
     };
+    // Not due yet: back to a delay tier (claimed first, so a job already sent is a duplicate
+    // rather than a job that waits again).
+    if let Some(o) = schedule::hold(ctx, job, attempts, parks).await {
+        return o;
+    }
+    let first_attempt = schedule::retry_clock_start(first_attempt, job.not_before);
     if let Some(o) = check_conversation(ctx, job, attempts, conv.as_ref()) {
         return o;
     }

@@ -21,6 +21,7 @@ use super::finish::finish;
 use super::order::{Pending, REQUEUED, conversation_key, hand_back};
 use super::parked::parks_of;
 use super::process::{fan_out, process};
+use super::schedule;
 use crate::broker::acks::Acks;
 use crate::broker::{self, Broker};
 use crate::domain::job::{self, JobKind};
@@ -329,7 +330,11 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
     let parks = parks_of(&p.delivery.properties);
     let work = async {
         match &job.kind {
-            JobKind::Broadcast { .. } => Box::pin(fan_out(&ctx, &job, &p.delivery.data)).await,
+            // A scheduled broadcast waits as one message and fans out once due.
+            JobKind::Broadcast { .. } => match schedule::hold(&ctx, &job, 0, parks).await {
+                Some(o) => o,
+                None => Box::pin(fan_out(&ctx, &job, &p.delivery.data)).await,
+            },
             _ => process(&ctx, &job, parks, p.bulk).await,
         }
     };
