@@ -230,7 +230,7 @@ mod tests {
     /// The words are stored in rows and used by dashboards: pinned.
     #[test]
     fn words_are_pinned() {
-        assert_eq!(Reason::ALL.len(), 39);
+        assert_eq!(Reason::ALL.len(), 42);
         assert_eq!(Reason::ConfigError.as_str(), "config_error");
         assert_eq!(Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert_eq!(Reason::UnknownAccount.as_str(), "unknown_account");

@@ -68,7 +68,7 @@ pub(super) fn wecom2() -> TestAccount {
 }
 
 /// Every reason [`parse`] can return: the job-validation words of [`Reason`].
-pub(super) const PARSE_REASONS: [Reason; 22] = [
+pub(super) const PARSE_REASONS: [Reason; 24] = [
     Reason::BodyTooLarge,
     Reason::InvalidUtf8,
     Reason::InvalidJson,
