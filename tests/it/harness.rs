@@ -236,7 +236,7 @@ impl Env {
         let deadline = Instant::now() + timeout;
         loop {
             let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM deliveries WHERE status NOT IN ('accepted','retrying')",
+                "SELECT count(*) FROM deliveries WHERE status NOT IN ('accepted','retrying','scheduled')",
             )
             .fetch_one(&self.pool)
             .await
