@@ -5,8 +5,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use super::account_id;
 use crate::domain::allowance::WECOM_WINDOW;
-use crate::store::Store;
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
+use crate::store::{RecallMark, Store};
 
 /// Everything `status` shows of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Report {
     /// The job's history, oldest first, including a first-attempt send (which has no event of
     /// its own).
     pub history: Vec<DeliveryEvent>,
+    /// Set when a recall job took the message back (WeCom kf/recall_msg): when, and which job.
+    pub recall: Option<RecallMark>,
 }
 
 /// A WeCom conversation as `status` shows it.
@@ -53,10 +55,12 @@ pub async fn report(
     };
     let events = store.delivery_events(&delivery.account, job_id).await?;
     let history = history(events, delivery.sent_at);
+    let recall = store.recall_mark(&delivery.account, job_id).await?;
     Ok(Some(Report {
         delivery,
         conversation,
         history,
+        recall,
     }))
 }
 

@@ -49,6 +49,8 @@ mod wecom;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
+mod recall_tests;
+#[cfg(test)]
 mod render_tests;
 #[cfg(test)]
 mod tests;
@@ -61,7 +63,7 @@ pub use chatbot::{
     CHATBOT_CHANNELS_NEEDING_APPID, CHATBOT_EVENTS, CHATBOT_MSGTYPES, CHATBOT_MULTIMSG_MAX_ITEMS,
     CHATBOT_NEWS_MAX_ARTICLES, CHATBOT_TEXT_MAX_BYTES,
 };
-pub use model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Transfer, fan_out};
+pub use model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Recall, Transfer, fan_out};
 pub use parse::{MAX_BROADCAST_RECIPIENTS, parse};
 pub use render::{
     chatbot_appid, chatbot_kefustate_change_xml, chatbot_kefustate_get_xml, chatbot_sendmsg_xml,

@@ -45,6 +45,9 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32, bulk: bool) -> Outcom
         return o;
     }
     let budget_left = ctx.retry.budget_left(first_attempt, chrono::Utc::now());
+    if let JobKind::Recall(r) = &job.kind {
+        return super::recall::process(ctx, job, r, attempts, parks, budget_left).await;
+    }
     send_with_retries(ctx, job, conv.as_ref(), attempts, parks, budget_left, bulk).await
 }
 
@@ -192,7 +195,7 @@ fn note_error(account: &str, res: &CallResult) -> Option<(Option<i64>, String)> 
 ///
 /// Long: one loop whose steps (expiry, pause, gate, call, classify, retry step) read in the
 /// order they happen; cut into pieces, each early return would need its own result type.
-async fn send_with_retries(
+pub(super) async fn send_with_retries(
     ctx: &LaneCtx,
     job: &Job,
     conv: Option<&ConvState>,
