@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Row;
+use wxdispatch::app::Worker;
 use wxdispatch::broker;
 use wxdispatch::store::Store;
 use wxdispatch::tools::simulate::SimOptions;
@@ -62,13 +63,19 @@ async fn dead_reasons(env: &Env, n: usize) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recall_within_two_minutes_takes_the_message_back_and_marks_its_row() {
+/// A WeCom account "kf" with a worker, and the message `id` to `to` sent.
+async fn wecom_with_sent(id: &str, to: &str) -> (Env, Worker) {
     let env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
     let worker = env.start_worker().await;
-    let sim = env.sim();
-    env.publish("kf", &send("s1", "wmR")).await;
+    env.publish("kf", &send(id, to)).await;
     env.wait_terminal(1, WAIT).await;
+    (env, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_within_two_minutes_takes_the_message_back_and_marks_its_row() {
+    let (env, worker) = wecom_with_sent("s1", "wmR").await;
+    let sim = env.sim();
     let msgid: String =
         sqlx::query_scalar("SELECT platform_msgid FROM deliveries WHERE job_id = 's1'")
             .fetch_one(&env.pool)
@@ -124,11 +131,8 @@ async fn a_recall_within_two_minutes_takes_the_message_back_and_marks_its_row() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_unknown_targets_are_dead_lettered_without_asking_the_platform() {
-    let env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
-    let worker = env.start_worker().await;
+    let (env, worker) = wecom_with_sent("s2", "wmL").await;
     let sim = env.sim();
-    env.publish("kf", &send("s2", "wmL")).await;
-    env.wait_terminal(1, WAIT).await;
     // the target was sent three minutes ago
     sqlx::query("UPDATE deliveries SET sent_at = now() - interval '3 minutes' WHERE job_id = 's2'")
         .execute(&env.pool)
@@ -168,11 +172,8 @@ async fn late_and_unknown_targets_are_dead_lettered_without_asking_the_platform(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_platforms_too_late_is_a_permanent_refusal() {
-    let env = Env::new(|b| vec![wecom_account("kf", b)], SimOptions::default()).await;
-    let worker = env.start_worker().await;
+    let (env, worker) = wecom_with_sent("s3", "wmP").await;
     let sim = env.sim();
-    env.publish("kf", &send("s3", "wmP")).await;
-    env.wait_terminal(1, WAIT).await;
     // our row says "just sent", the platform's clock says "3 minutes ago"
     sim.age_sent_message("kf", "s3", Duration::from_secs(180));
     env.publish("kf", &recall("r3", "wmP", "s3")).await;

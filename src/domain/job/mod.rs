@@ -21,7 +21,8 @@
 //!    broadcast an array of up to [`MAX_BROADCAST_RECIPIENTS`]), `open_kfid` (WeCom; defaulted when
 //!    the account has exactly one), `message` (exactly one key, the message type, validated against
 //!    the platform's own payload format and limits), `gate`, `not_after`, the `chatbot` extras, and
-//!    the kind's own fields (`code`; `service_state`/`servicer_userid`/`kefustate`).
+//!    the kind's own fields (`code`; `service_state`/`servicer_userid`/`kefustate`; a recall's
+//!    `target_job_id`, WeCom only).
 //!
 //! Unknown top-level fields are ignored (forward compatibility), and so are fields that do not
 //! apply to the account's channel (`chatbot` on a WeCom account, `open_kfid` on a chatbot account).

@@ -1,6 +1,7 @@
 //! A recall job (WeCom kf/recall_msg): read the target's row, let
-//! [`crate::domain::recall::judge`] decide, call the platform through the ordinary send loop
-//! (pause, rate limit, token protocol, retries), then mark the target recalled. The recall's
+//! [`crate::domain::recall::judge`] decide ([`resolve`]); `process` calls the platform through
+//! the ordinary send loop (pause, rate limit, token protocol, retries); then
+//! [`mark_if_sent`] marks the target recalled. The recall's
 //! own row is recorded by `finish` like any job's, after the target's mark: a redelivered
 //! recall that finds its mark is done without asking the platform again.
 //!
@@ -10,26 +11,22 @@
 use chrono::Utc;
 
 use super::ctx::LaneCtx;
-use super::process::send_with_retries;
 use crate::domain::job::{Job, JobKind, Recall};
 use crate::domain::recall::{Asker, Target, Verdict, judge};
 use crate::engine::hold::hold_until_written;
 use crate::policy::outcome::Outcome;
 use crate::store::RecallTargetRow;
 
-/// The outcome of a claimed recall job that has made `attempts` attempts so far.
-pub(super) async fn process(
+/// A claimed recall job that has made `attempts` attempts so far: the job to send (its
+/// target's platform msgid filled in), or the outcome that ends it without asking the
+/// platform (refused, or already done by this very job).
+pub(super) async fn resolve(
     ctx: &LaneCtx,
     job: &Job,
     recall: &Recall,
     attempts: i32,
-    parks: u32,
-    budget_left: chrono::Duration,
-) -> Outcome {
-    let row = match read_target(ctx, job, recall).await {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
+) -> Result<Job, Outcome> {
+    let row = read_target(ctx, job, recall).await?;
     let target = row.as_ref().map(|r| Target {
         kind: &r.kind,
         status: &r.status,
@@ -46,32 +43,35 @@ pub(super) async fn process(
         open_kfid: job.open_kfid.as_deref(),
     };
     let now = row.as_ref().map_or_else(Utc::now, |r| r.db_now);
-    let msgid = match judge(asker, target.as_ref(), now) {
-        Verdict::Call { msgid } => msgid.to_owned(),
-        Verdict::AlreadyDone => {
-            return Outcome::Sent {
-                attempts,
-                msgid: None,
-            };
-        }
-        Verdict::Refuse { reason, detail } => {
-            return Outcome::Dead {
-                reason: reason.into(),
-                errcode: None,
-                errmsg: Some(detail),
-                attempts,
-            };
-        }
-    };
-    let resolved = Job {
-        kind: JobKind::Recall(Recall {
-            target_job_id: recall.target_job_id.clone(),
-            msgid: Some(msgid),
+    match judge(asker, target.as_ref(), now) {
+        Verdict::Call { msgid } => Ok(Job {
+            kind: JobKind::Recall(Recall {
+                target_job_id: recall.target_job_id.clone(),
+                msgid: Some(msgid.to_owned()),
+            }),
+            ..job.clone()
         }),
-        ..job.clone()
-    };
-    let outcome =
-        send_with_retries(ctx, &resolved, None, attempts, parks, budget_left, false).await;
+        Verdict::AlreadyDone => Err(Outcome::Sent {
+            attempts,
+            msgid: None,
+        }),
+        Verdict::Refuse { reason, detail } => Err(Outcome::Dead {
+            reason: reason.into(),
+            errcode: None,
+            errmsg: Some(detail),
+            attempts,
+        }),
+    }
+}
+
+/// After the platform call: a recall the platform accepted marks its target's row before
+/// the recall's own outcome is recorded; any other outcome is returned as it is.
+pub(super) async fn mark_if_sent(
+    ctx: &LaneCtx,
+    job: &Job,
+    recall: &Recall,
+    outcome: Outcome,
+) -> Outcome {
     if let Outcome::Sent { .. } = outcome
         && let Err(o) = mark(ctx, job, recall).await
     {

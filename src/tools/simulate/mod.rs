@@ -68,6 +68,7 @@ pub mod gate;
 pub mod kf_admin;
 mod options;
 mod recall;
+mod recalls;
 mod reply;
 mod respond;
 mod server;
@@ -86,6 +87,7 @@ pub use conversations::{
     EVENT_CODE_TTL, INBOUND_RETENTION, REPLY_QUOTA, REPLY_WINDOW, SYNC_TOKEN_TTL,
 };
 pub use options::{DEFAULT_FAULT_TIMEOUT_MS, DEFAULT_TOKEN_TTL, Faults, SimOptions};
-pub use recall::{RECALL_WINDOW, Recalled};
+pub use recall::RECALL_WINDOW;
+pub use recalls::Recalled;
 pub use server::{DEFAULT_LISTEN, SHUTDOWN_GRACE, SimHandle, router, serve, start};
 pub use state::{SimState, SimStats, UNKNOWN_ACCOUNT};

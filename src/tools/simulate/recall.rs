@@ -9,10 +9,9 @@
 //! in our reference (unverified): the simulator answers 40058 (invalid parameter) with a hint
 //! naming which, so the worker treats them as a permanent refusal (`invalid_request`).
 //!
-//! Tests see the recalls with [`SimState::recalls`] (and `GET /_sim/recalls`), and make the
+//! The book of recalls is [`super::recalls`]. Tests see the recalls with [`SimState::recalls`] (and `GET /_sim/recalls`), and make the
 //! 2-minute window testable without sleeping with [`SimState::age_sent_message`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +19,11 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::gate::Api;
+use super::recalls::Recalled;
 use super::reply::{ApiErr, code};
 use super::respond::finish;
 use super::state::SimState;
@@ -32,36 +32,6 @@ use super::wecom::{Authed, body_kfid, check_kfid, prelude, str_field};
 
 /// WeCom recalls only messages sent at most this long ago.
 pub const RECALL_WINDOW: Duration = Duration::from_secs(120);
-
-/// One message the simulated platform recalled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Recalled {
-    pub account: String,
-    pub open_kfid: String,
-    /// The recalled message's msgid.
-    pub msgid: String,
-    /// Its recipient (external_userid).
-    pub recipient: String,
-    /// Unix milliseconds when it was sent and when it was recalled.
-    pub sent_at_ms: i64,
-    pub recalled_at_ms: i64,
-}
-
-/// What the simulator remembers of recalls (reset with the accepted log).
-#[derive(Debug, Default)]
-pub(crate) struct RecallBook {
-    /// In recall order.
-    recalled: Vec<Recalled>,
-    /// (account index, msgid) → how much older than recorded a sent message is made to look
-    /// ([`SimState::age_sent_message`]).
-    aged_ms: HashMap<(usize, String), i64>,
-}
-
-impl RecallBook {
-    pub(crate) fn reset(&mut self) {
-        *self = Self::default();
-    }
-}
 
 /// `POST /cgi-bin/kf/recall_msg`.
 pub async fn recall_msg(
@@ -98,12 +68,7 @@ fn recall_process(st: &SimState, a: &Authed<'_>) -> Result<Value, ApiErr> {
         }
     };
     let mut book = lock(&st.recalls);
-    let aged = book
-        .aged_ms
-        .get(&(a.account, msgid.to_owned()))
-        .copied()
-        .unwrap_or(0);
-    let sent_at_ms = sent_at_ms - aged;
+    let sent_at_ms = sent_at_ms - book.aged_ms(a.account, msgid);
     let now = now_ms();
     if now - sent_at_ms > RECALL_WINDOW.as_millis() as i64 {
         return Err(ApiErr::hint(
@@ -112,14 +77,10 @@ fn recall_process(st: &SimState, a: &Authed<'_>) -> Result<Value, ApiErr> {
         ));
     }
     let account = st.account_name(Some(a.account)).to_owned();
-    if book
-        .recalled
-        .iter()
-        .any(|r| r.account == account && r.msgid == msgid)
-    {
+    if book.is_recalled(&account, msgid) {
         return Err(ApiErr::hint(code::INVALID_PARAM, "msgid: already recalled"));
     }
-    book.recalled.push(Recalled {
+    book.push(Recalled {
         account,
         open_kfid: kfid.to_owned(),
         msgid: msgid.to_owned(),
@@ -133,7 +94,7 @@ fn recall_process(st: &SimState, a: &Authed<'_>) -> Result<Value, ApiErr> {
 impl SimState {
     /// Every message recalled since the last reset, in recall order.
     pub fn recalls(&self) -> Vec<Recalled> {
-        lock(&self.recalls).recalled.clone()
+        lock(&self.recalls).list()
     }
 
     /// Make the message `msgid` sent by `account` look `by` older than it is, so a test can
@@ -141,9 +102,7 @@ impl SimState {
     pub fn age_sent_message(&self, account: &str, msgid: &str, by: Duration) {
         if let Some(i) = self.account_index(account) {
             let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-            let mut book = lock(&self.recalls);
-            let e = book.aged_ms.entry((i, msgid.to_owned())).or_insert(0);
-            *e = e.saturating_add(by_ms);
+            lock(&self.recalls).age(i, msgid, by_ms);
         }
     }
 }

@@ -21,7 +21,7 @@ use super::accepted::{Accepted, AcceptedLog, NewRecord, Record};
 use super::conversations::Conversations;
 use super::gate::{AccountGate, Api};
 use super::options::{Faults, SimOptions};
-use super::recall::RecallBook;
+use super::recalls::RecallBook;
 use super::reply::{ApiErr, Reply, code, query_param};
 use super::tokens::{Lookup, TokenBook};
 use super::util::lock;
@@ -88,7 +88,7 @@ pub struct SimState {
     pub(crate) log: Mutex<AcceptedLog>,
     errors: Mutex<BTreeMap<String, u64>>,
     pub(crate) conv: Mutex<Conversations>,
-    /// The messages recalled through kf/recall_msg ([`super::recall`]).
+    /// The messages recalled through kf/recall_msg ([`super::recalls`]).
     pub(crate) recalls: Mutex<RecallBook>,
     /// Changes on every reset so that sync cursors of a previous life restart from the top.
     pub(crate) cursor_epoch: AtomicU32,
