@@ -64,6 +64,14 @@ fn print(
     writeln!(out, "  created    {}", ts(Some(d.created_at)))?;
     writeln!(out, "  updated    {}", ts(Some(d.updated_at)))?;
     writeln!(out, "  sent       {}", ts(d.sent_at))?;
+    if let Some(m) = &r.recall {
+        writeln!(
+            out,
+            "  recalled   {} by job {}",
+            m.recalled_at.to_rfc3339(),
+            esc(&m.recalled_by_job)
+        )?;
+    }
     if let Some(c) = &r.conversation {
         print_conversation(out, c, now)?;
     }
@@ -209,6 +217,7 @@ mod tests {
                 error: Some("quota_exhausted".into()),
             }],
             chatbot: None,
+            recall: None,
         };
         let mut out = Vec::new();
         print(&mut out, "q5", &report, at(3_600)).unwrap();

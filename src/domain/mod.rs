@@ -1,4 +1,5 @@
-//! The pure vocabulary of wxdispatch: jobs, channels, ids, service states, dead-letter reasons.
+//! The pure vocabulary of wxdispatch: jobs, channels, ids, service states, dead-letter reasons,
+//! the recall window.
 //! No I/O, no runtime.
 
 pub mod account;
@@ -9,4 +10,5 @@ pub mod ids;
 pub mod inbound;
 pub mod job;
 pub mod reason;
+pub mod recall;
 pub mod service_state;

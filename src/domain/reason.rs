@@ -48,7 +48,7 @@ reasons! {
     MissingJobId = "missing_job_id",
     /// The job id is not 1–32 chars of `[0-9A-Za-z_-]`.
     InvalidJobId = "invalid_job_id",
-    /// `kind` is not send, event_reply (WeCom only), transfer or broadcast.
+    /// `kind` is not send, event_reply (WeCom only), transfer, broadcast or recall.
     InvalidKind = "invalid_kind",
     /// `to` is missing or not a plausible recipient (or, for a broadcast, not an array of them).
     InvalidTo = "invalid_to",
@@ -94,6 +94,11 @@ reasons! {
     /// A chatbot transfer's `expires` is not a whole number of seconds within the bounds
     /// (1..=86400), or is given with the older on/off.
     InvalidExpires = "invalid_expires",
+    /// A recall on a chatbot account: recalling a sent message is a WeCom feature
+    /// (kf/recall_msg); the Dialogue Open Platform has none.
+    RecallWecomOnly = "recall_wecom_only",
+    /// A recall's `target_job_id` is missing, not a job id, or the recall's own id.
+    InvalidRecallTarget = "invalid_recall_target",
 
     // ---- the platform refused the request (the errcode table) ----
     /// The account's configuration is wrong (secret, token, API not enabled, IP not allowed,
@@ -136,6 +141,12 @@ reasons! {
     /// The broker dead-lettered the message itself (the lane's `x-delivery-limit`, or any
     /// other dead-lettering of the broker's: it carries `x-death` and no wxdispatch reason).
     DeliveryLimit = "delivery_limit",
+    /// A recall's target is not a message this account sent: no such job id on the account,
+    /// not (or not yet) `sent`, no platform msgid, another conversation, or already recalled.
+    RecallTargetUnknown = "recall_target_unknown",
+    /// A recall came more than 2 minutes after its target was sent (WeCom recalls only
+    /// within 2 minutes); checked before asking the platform.
+    RecallTooLate = "recall_too_late",
 }
 
 impl Reason {
@@ -230,12 +241,17 @@ mod tests {
     /// The words are stored in rows and used by dashboards: pinned.
     #[test]
     fn words_are_pinned() {
-        assert_eq!(Reason::ALL.len(), 42);
+        assert_eq!(Reason::ALL.len(), 46);
         assert_eq!(Reason::ConfigError.as_str(), "config_error");
         assert_eq!(Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert_eq!(Reason::UnknownAccount.as_str(), "unknown_account");
         assert_eq!(Reason::DeliveryLimit.as_str(), "delivery_limit");
         assert_eq!(Reason::MissingAppid.as_str(), "missing_appid");
         assert_eq!(Reason::InvalidJson.as_str(), "invalid_json");
+        assert_eq!(Reason::RecallTooLate.as_str(), "recall_too_late");
+        assert_eq!(
+            Reason::RecallTargetUnknown.as_str(),
+            "recall_target_unknown"
+        );
     }
 }

@@ -10,6 +10,7 @@ use crate::domain::chatbot_state::ChatbotState;
 use crate::platform::{Platform, http_client};
 use crate::store::Store;
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
+use crate::store::{RecallMark, Store};
 
 /// Everything `status` shows of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,8 @@ pub struct ChatbotStateReport {
     /// Why there is no state: the call failed, or the answer named a state wxdispatch does
     /// not know. Names neither the token nor the URL.
     pub error: Option<String>,
+    /// Set when a recall job took the message back (WeCom kf/recall_msg): when, and which job.
+    pub recall: Option<RecallMark>,
 }
 
 /// A WeCom conversation as `status` shows it.
@@ -71,11 +74,13 @@ pub async fn report(
     };
     let events = store.delivery_events(&delivery.account, job_id).await?;
     let history = history(events, delivery.sent_at);
+    let recall = store.recall_mark(&delivery.account, job_id).await?;
     Ok(Some(Report {
         delivery,
         conversation,
         history,
         chatbot: None,
+        recall,
     }))
 }
 

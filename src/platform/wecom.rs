@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::config::Channel;
-use crate::domain::job::{self, Job, JobKind};
+use crate::domain::job::{self, Job, JobKind, Recall};
 use crate::policy::{self, Action, Api, CallResult};
 
 use super::client::Platform;
@@ -58,6 +58,10 @@ impl Platform {
                 }
                 ("kf/service_state/trans", b.to_string().into_bytes())
             }
+            JobKind::Recall(r) => match recall_body(job, r) {
+                Some(b) => ("kf/recall_msg", b),
+                None => return no_recall_msgid(),
+            },
             _ => ("kf/send_msg", job::wecom_send_body(job)),
         };
         self.wecom_post(tokens, path, body.into()).await.0
@@ -137,4 +141,24 @@ impl Platform {
             return ((res, Api::Business), v);
         }
     }
+}
+
+/// The kf/recall_msg body `{open_kfid, msgid}`: the msgid the platform gave the target
+/// (`None` until the lane has filled it in from the target's row).
+fn recall_body(job: &Job, r: &Recall) -> Option<Vec<u8>> {
+    let msgid = r.msgid.as_deref()?;
+    let body = json!({ "open_kfid": job.open_kfid.as_deref().unwrap_or(""), "msgid": msgid });
+    Some(body.to_string().into_bytes())
+}
+
+/// A recall whose target msgid the lane did not fill in (a bug, never the platform's answer):
+/// refused as a bad request (permanent), without calling the platform.
+fn no_recall_msgid() -> (CallResult, Api) {
+    (
+        CallResult::Errcode {
+            code: 40058,
+            msg: "recall: the target's msgid was not resolved; nothing was sent".into(),
+        },
+        Api::Business,
+    )
 }

@@ -5,7 +5,8 @@
 //! - [`batcher`]: the writer tasks that turn concurrent single-row writes into one statement;
 //! - [`deliveries`]: claims, outcomes, service states, dead-letter records, `status` reads;
 //! - [`tokens`]: the shared WeCom access tokens;
-//! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation.
+//! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation;
+//! - [`recall`]: a recall's target row, marking it recalled.
 
 pub mod batcher;
 pub mod broadcasts;
@@ -16,6 +17,7 @@ pub mod held;
 pub mod inbound;
 pub mod parked;
 pub mod pool;
+pub mod recall;
 pub mod stats;
 pub mod tokens;
 
@@ -24,3 +26,4 @@ pub use deliveries::{
     Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
 };
 pub use pool::{Store, connect_pool, migrate};
+pub use recall::{RecallMark, RecallTargetRow};

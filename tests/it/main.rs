@@ -19,6 +19,7 @@ mod inbound_nul;
 mod kf;
 mod ops;
 mod platform_fixes;
+mod recall;
 mod retry;
 mod states;
 mod schedule;

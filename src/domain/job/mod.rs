@@ -22,7 +22,8 @@
 //!    the account has exactly one), `message` (exactly one key, the message type, validated against
 //!    the platform's own payload format and limits), `gate`, `not_after`, `not_before` (not after
 //!    `not_after`; not on an event_reply), the `chatbot` extras, and
-//!    the kind's own fields (`code`; `service_state`/`servicer_userid`/`kefustate`).
+//!    the kind's own fields (`code`; `service_state`/`servicer_userid`/`kefustate`; a recall's
+//!    `target_job_id`, WeCom only).
 //!
 //! Unknown top-level fields are ignored (forward compatibility), and so are fields that do not
 //! apply to the account's channel (`chatbot` on a WeCom account, `open_kfid` on a chatbot account).
@@ -52,6 +53,8 @@ mod kefustate_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
+mod recall_tests;
+#[cfg(test)]
 mod render_tests;
 #[cfg(test)]
 mod tests;
@@ -64,7 +67,7 @@ pub use chatbot::{
     CHATBOT_CHANNELS_NEEDING_APPID, CHATBOT_EVENTS, CHATBOT_MSGTYPES, CHATBOT_MULTIMSG_MAX_ITEMS,
     CHATBOT_NEWS_MAX_ARTICLES, CHATBOT_TEXT_MAX_BYTES,
 };
-pub use model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Transfer, fan_out};
+pub use model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Recall, Transfer, fan_out};
 pub use parse::{MAX_BROADCAST_RECIPIENTS, parse};
 pub use render::{
     chatbot_appid, chatbot_kefustate_change_xml, chatbot_kefustate_get_xml, chatbot_sendmsg_xml,

@@ -57,6 +57,20 @@ pub enum JobKind {
     /// One `message` to many recipients; fanned out with [`fan_out`]. Recipients are kept
     /// verbatim (the broadcast module dedupes and checks each one with [`crate::domain::ids::valid_recipient`]).
     Broadcast { recipients: Vec<String> },
+    /// WeCom kf/recall_msg: take back the message an earlier job of this account sent.
+    Recall(Recall),
+}
+
+/// A recall: which earlier job's message to take back (WeCom only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recall {
+    /// The job whose message is recalled: a job id of the same account (the job format's
+    /// `target_job_id`).
+    pub target_job_id: String,
+    /// The msgid the platform returned when it accepted the target (its row's
+    /// `platform_msgid`). `None` from [`super::parse`]: the lane fills it in from the target's
+    /// delivery row before calling the platform (`engine::lane::recall`).
+    pub msgid: Option<String>,
 }
 
 impl JobKind {
@@ -66,6 +80,7 @@ impl JobKind {
             JobKind::EventReply { .. } => "event_reply",
             JobKind::Transfer(_) => "transfer",
             JobKind::Broadcast { .. } => "broadcast",
+            JobKind::Recall(_) => "recall",
         }
     }
 }
@@ -107,7 +122,7 @@ pub struct Job {
     /// WeCom: always `Some` after [`super::parse`] (defaulted when the account has exactly one
     /// open_kfid). Chatbot: `None`.
     pub open_kfid: Option<String>,
-    /// `Some` for send, event_reply and broadcast; `None` for transfer.
+    /// `Some` for send, event_reply and broadcast; `None` for transfer and recall.
     pub message: Option<Message>,
     /// Chatbot accounts only; default (all `None`) on WeCom accounts.
     pub chatbot: ChatbotExtras,

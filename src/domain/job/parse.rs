@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::chatbot::{chatbot_extras_of, chatbot_payload, chatbot_transfer_of};
 use super::fields::{R, check_visible, clip, clip_plain, reject, show, type_name};
-use super::model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Transfer};
-use super::wecom::{WECOM_EVENT_MSGTYPES, WECOM_MSGTYPES, wecom_payload};
+use super::model::{ChatbotExtras, Gate, Job, JobError, JobKind, Message, Recall, Transfer};
+use super::wecom::{WECOM_EVENT_MSGTYPES, WECOM_MSGTYPES, recall_target_of, wecom_payload};
 use crate::domain::account::AccountView;
 use crate::domain::channel::Channel;
 use crate::domain::ids::{MAX_RECIPIENT_CHARS, valid_job_id, valid_recipient};
@@ -105,6 +105,7 @@ enum KindTag {
     EventReply,
     Transfer,
     Broadcast,
+    Recall,
 }
 
 fn parse_fields(obj: &Map<String, Value>, job_id: &str, account: &dyn AccountView) -> R<Job> {
@@ -123,7 +124,13 @@ fn parse_fields(obj: &Map<String, Value>, job_id: &str, account: &dyn AccountVie
     };
 
     let message = match (kind, obj.get("message")) {
-        (KindTag::Transfer, None | Some(Value::Null)) => None,
+        (KindTag::Transfer | KindTag::Recall, None | Some(Value::Null)) => None,
+        (KindTag::Recall, Some(_)) => {
+            return reject(
+                Reason::InvalidMessage,
+                "message: a recall job carries no message (it names the sent job: target_job_id)",
+            );
+        }
         (KindTag::Transfer, Some(_)) => {
             // Sending it would be silently skipped; say so instead.
             return reject(
@@ -150,6 +157,10 @@ fn parse_fields(obj: &Map<String, Value>, job_id: &str, account: &dyn AccountVie
             code: code_of(obj.get("code"))?,
         },
         KindTag::Transfer => JobKind::Transfer(transfer_of(obj, channel)?),
+        KindTag::Recall => JobKind::Recall(Recall {
+            target_job_id: recall_target_of(obj.get("target_job_id"), job_id)?,
+            msgid: None,
+        }),
     };
 
     Ok(Job {
@@ -244,6 +255,14 @@ fn kind_of(v: Option<&Value>, account: &dyn AccountView) -> R<KindTag> {
         ("transfer", _) => Ok(KindTag::Transfer),
         ("broadcast", _) => Ok(KindTag::Broadcast),
         ("event_reply", Channel::Wecom) => Ok(KindTag::EventReply),
+        ("recall", Channel::Wecom) => Ok(KindTag::Recall),
+        ("recall", Channel::Chatbot) => reject(
+            Reason::RecallWecomOnly,
+            format!(
+                "kind: recall is a WeCom feature (kf/recall_msg); account {} is a chatbot account",
+                account.name()
+            ),
+        ),
         ("event_reply", Channel::Chatbot) => reject(
             Reason::InvalidKind,
             format!(
@@ -254,7 +273,7 @@ fn kind_of(v: Option<&Value>, account: &dyn AccountView) -> R<KindTag> {
         (other, _) => reject(
             Reason::InvalidKind,
             format!(
-                "kind: {}: expected send, event_reply, transfer or broadcast",
+                "kind: {}: expected send, event_reply, transfer, broadcast or recall",
                 clip(other)
             ),
         ),

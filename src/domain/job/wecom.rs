@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::fields::{Fields, R, check_count, clip, reject, type_name};
+use crate::domain::ids::{MAX_JOB_ID_LEN, valid_job_id};
 use crate::domain::reason::Reason;
 
 // --- WeCom kf/send_msg limits: reference/wechat-api.md, and for menu items the field docs of
@@ -187,4 +188,31 @@ fn wecom_menu_item(item: &Value, path: &str) -> R<()> {
         }
     }
     Ok(())
+}
+
+/// A recall's `target_job_id`: a job id by the same rule as `job_id` (it names a job of the
+/// same account), and not the recall's own `job_id`.
+pub(super) fn recall_target_of(v: Option<&Value>, job_id: &str) -> R<String> {
+    match v {
+        Some(Value::String(s)) if s == job_id => reject(
+            Reason::InvalidRecallTarget,
+            format!("target_job_id: {}: a recall cannot recall itself", clip(s)),
+        ),
+        Some(Value::String(s)) if valid_job_id(s) => Ok(s.clone()),
+        Some(Value::String(s)) => reject(
+            Reason::InvalidRecallTarget,
+            format!(
+                "target_job_id: {}: must be a job id (1-{MAX_JOB_ID_LEN} chars of [0-9A-Za-z_-])",
+                clip(s)
+            ),
+        ),
+        None | Some(Value::Null) => reject(
+            Reason::InvalidRecallTarget,
+            "target_job_id: missing (a recall names the job whose message it takes back)",
+        ),
+        Some(other) => reject(
+            Reason::InvalidRecallTarget,
+            format!("target_job_id: expected a string, got {}", type_name(other)),
+        ),
+    }
 }

@@ -19,6 +19,7 @@
 //! - `order`: conversation keys and handing jobs back to the broker in order;
 //! - `process`: claim, allowance, gate, send with retries; `gates` (asking who serves) over
 //!   `gate_cache`; `pause`: the account pause ([`PauseGate`], over [`crate::policy::pause`]);
+//! - `recall`: a recall job's target check, platform call and mark, over `process`'s send loop;
 //! - `finish`: record, dead-letter or park, then ack; `parked`: the conversations waiting
 //!   behind a parked job; `schedule`: holding a job until its `not_before`.
 //!
@@ -35,6 +36,7 @@ mod order;
 mod parked;
 mod pause;
 mod process;
+mod recall;
 mod run;
 mod schedule;
 

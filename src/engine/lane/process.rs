@@ -52,6 +52,16 @@ pub async fn process(ctx: &LaneCtx, job: &Job, parks: u32, bulk: bool) -> Outcom
         return o;
     }
     let budget_left = ctx.retry.budget_left(first_attempt, chrono::Utc::now());
+    if let JobKind::Recall(r) = &job.kind {
+        // The target's msgid filled in (or the outcome that ends the recall here), the call
+        // through the same loop as a send, then the target's row marked.
+        let resolved = match super::recall::resolve(ctx, job, r, attempts).await {
+            Ok(j) => j,
+            Err(o) => return o,
+        };
+        let sent = send_with_retries(ctx, &resolved, None, attempts, parks, budget_left, bulk);
+        return super::recall::mark_if_sent(ctx, job, r, sent.await).await;
+    }
     send_with_retries(ctx, job, conv.as_ref(), attempts, parks, budget_left, bulk).await
 }
 

@@ -157,6 +157,23 @@ impl Record {
         self.account
     }
 
+    /// The API that accepted it, its msgid, recipient and time (read by `recall_msg`).
+    pub(crate) fn api(&self) -> Api {
+        self.api
+    }
+
+    pub(crate) fn msgid(&self) -> Option<&str> {
+        self.msgid.as_deref()
+    }
+
+    pub(crate) fn recipient(&self) -> &str {
+        &self.recipient
+    }
+
+    pub(crate) fn at_ms(&self) -> i64 {
+        self.at_ms
+    }
+
     /// The record as the public [`Accepted`] (parses the body), under its account's name and
     /// channel.
     pub(crate) fn to_accepted(&self, account: &str, channel: &'static str) -> Accepted {

@@ -46,10 +46,11 @@ pub enum Api {
     KfSyncMsg,
     KfStateGet,
     KfStateTrans,
+    KfRecallMsg,
 }
 
 impl Api {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [Api; Api::COUNT] = [
         Api::SendMsg,
         Api::KefuGet,
@@ -59,6 +60,7 @@ impl Api {
         Api::KfSyncMsg,
         Api::KfStateGet,
         Api::KfStateTrans,
+        Api::KfRecallMsg,
     ];
 
     /// The API named like [`Api::name`] (`sendmsg`, `send_msg`, `sync_msg`, …).
@@ -76,6 +78,7 @@ impl Api {
                 | Api::KfSendMsg
                 | Api::KfSendMsgOnEvent
                 | Api::KfStateTrans
+                | Api::KfRecallMsg
         )
     }
 
@@ -89,6 +92,7 @@ impl Api {
             Api::KfSyncMsg => "sync_msg",
             Api::KfStateGet => "service_state_get",
             Api::KfStateTrans => "service_state_trans",
+            Api::KfRecallMsg => "recall_msg",
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   APPID (the WXBizMsgCrypt receive id), the plaintext XML is parsed and validated. See
 //!   [`chatbot`] for the errcode of every rejection.
 //! * **WeCom customer service** (wecom accounts): `GET /cgi-bin/gettoken`, `POST /cgi-bin/kf/`
-//!   `send_msg`, `send_msg_on_event`, `sync_msg`, `service_state/get`, `service_state/trans`.
+//!   `send_msg`, `send_msg_on_event`, `sync_msg`, `service_state/get`, `service_state/trans`,
+//!   `recall_msg` (see [`recall`]: the 2-minute window, [`SimState::recalls`]).
 //!   Access tokens are issued and checked (missing 41001, unknown 40014, expired 42001); message
 //!   bodies are validated against the documented limits; sessions have service states, the
 //!   48-hour / 5-message window can be enforced, and each open_kfid has an append-only inbound
@@ -67,6 +68,8 @@ pub mod gate;
 mod kefu;
 pub mod kf_admin;
 mod options;
+mod recall;
+mod recalls;
 mod reply;
 mod respond;
 mod server;
@@ -85,5 +88,7 @@ pub use conversations::{
     EVENT_CODE_TTL, INBOUND_RETENTION, REPLY_QUOTA, REPLY_WINDOW, SYNC_TOKEN_TTL,
 };
 pub use options::{DEFAULT_FAULT_TIMEOUT_MS, DEFAULT_TOKEN_TTL, Faults, SimOptions};
+pub use recall::RECALL_WINDOW;
+pub use recalls::Recalled;
 pub use server::{DEFAULT_LISTEN, SHUTDOWN_GRACE, SimHandle, router, serve, start};
 pub use state::{SimState, SimStats, UNKNOWN_ACCOUNT};

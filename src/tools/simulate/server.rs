@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 
 use super::options::SimOptions;
 use super::state::SimState;
-use super::{admin, chatbot, kf_admin, wecom};
+use super::{admin, chatbot, kf_admin, recall, wecom};
 
 /// The CLI's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9900";
@@ -120,6 +120,8 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/cgi-bin/kf/service_state/trans",
             post(wecom::service_state_trans),
         )
+        .route("/cgi-bin/kf/recall_msg", post(recall::recall_msg))
+        .route("/_sim/recalls", get(recall::recalls_route))
         .merge(admin::routes())
         .merge(kf_admin::routes(Arc::clone(&state)))
         .with_state(state)

@@ -21,6 +21,7 @@ use super::accepted::{Accepted, AcceptedLog, NewRecord, Record};
 use super::conversations::Conversations;
 use super::gate::{AccountGate, Api};
 use super::options::{Faults, SimOptions};
+use super::recalls::RecallBook;
 use super::reply::{ApiErr, Reply, code, query_param};
 use super::tokens::{Lookup, TokenBook};
 use super::util::lock;
@@ -87,6 +88,8 @@ pub struct SimState {
     pub(crate) log: Mutex<AcceptedLog>,
     errors: Mutex<BTreeMap<String, u64>>,
     pub(crate) conv: Mutex<Conversations>,
+    /// The messages recalled through kf/recall_msg ([`super::recalls`]).
+    pub(crate) recalls: Mutex<RecallBook>,
     /// Changes on every reset so that sync cursors of a previous life restart from the top.
     pub(crate) cursor_epoch: AtomicU32,
     /// Cancelled when the server stops (releases requests held by timeout faults).
@@ -155,6 +158,7 @@ impl SimState {
             log: Mutex::new(AcceptedLog::new(n)),
             errors: Mutex::new(BTreeMap::new()),
             conv: Mutex::new(Conversations::default()),
+            recalls: Mutex::new(RecallBook::default()),
             cursor_epoch: AtomicU32::new(rand::random()),
             shutdown: CancellationToken::new(),
         })
@@ -418,6 +422,7 @@ impl SimState {
     /// numbers keep increasing.
     pub fn reset(&self) {
         lock(&self.log).reset();
+        lock(&self.recalls).reset();
         lock(&self.errors).clear();
         lock(&self.gettoken_calls).clear();
         for a in &self.accounts {

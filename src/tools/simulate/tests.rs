@@ -1485,3 +1485,83 @@ async fn throughput() {
         );
     }
 }
+
+// ---------------------------------------------------------------- recall_msg
+
+#[tokio::test]
+async fn recall_msg_takes_back_a_recent_message_once_and_keeps_the_quota_used() {
+    let opts = SimOptions {
+        enforce_window: true,
+        ..SimOptions::default()
+    };
+    let s = Sim::start(vec![kf_account()], opts).await;
+    let st = s.h.state();
+    let t = s.token().await;
+    st.customer_message("kf", KFID, "wmU", "hello?");
+    for i in 0..5 {
+        let v = s
+            .kf(
+                "send_msg",
+                &t,
+                &text_msg("wmU", Some(&format!("m{i}")), "x"),
+            )
+            .await;
+        assert_eq!(errcode(&v), 0, "send {i}");
+    }
+    let recall = |msgid: &str| json!({"open_kfid": KFID, "msgid": msgid});
+    assert_eq!(
+        s.kf("recall_msg", &t, &recall("m4")).await,
+        json!({"errcode": 0, "errmsg": "ok"})
+    );
+    let recalls = st.recalls();
+    assert_eq!(recalls.len(), 1);
+    assert_eq!(
+        (recalls[0].msgid.as_str(), recalls[0].recipient.as_str()),
+        ("m4", "wmU")
+    );
+    assert_eq!(
+        s.get("/_sim/recalls?account=kf").await["recalls"][0]["msgid"],
+        "m4"
+    );
+    // once only; unknown msgids and missing fields are refused
+    assert_eq!(errcode(&s.kf("recall_msg", &t, &recall("m4")).await), 40058);
+    assert_eq!(
+        errcode(&s.kf("recall_msg", &t, &recall("nope")).await),
+        40058
+    );
+    assert_eq!(
+        errcode(&s.kf("recall_msg", &t, &json!({"open_kfid": KFID})).await),
+        40058
+    );
+    assert_eq!(
+        errcode(&s.kf("recall_msg", &t, &json!({"msgid": "m3"})).await),
+        95004
+    );
+    // the recalled message still counts: a sixth send is over the quota
+    let v = s
+        .kf("send_msg", &t, &text_msg("wmU", Some("m5"), "x"))
+        .await;
+    assert_eq!(errcode(&v), 95001);
+    assert_eq!(st.recalls().len(), 1);
+}
+
+#[tokio::test]
+async fn recall_msg_refuses_messages_older_than_two_minutes() {
+    let s = Sim::start(vec![kf_account()], SimOptions::default()).await;
+    let st = s.h.state();
+    let t = s.token().await;
+    for id in ["old", "edge"] {
+        let v = s.kf("send_msg", &t, &text_msg("wmU", Some(id), "x")).await;
+        assert_eq!(errcode(&v), 0);
+    }
+    st.age_sent_message("kf", "old", RECALL_WINDOW + Duration::from_secs(1));
+    // a little younger than the window: still recallable
+    st.age_sent_message("kf", "edge", RECALL_WINDOW - Duration::from_secs(5));
+    let recall = |msgid: &str| json!({"open_kfid": KFID, "msgid": msgid});
+    let v = s.kf("recall_msg", &t, &recall("old")).await;
+    assert_eq!(errcode(&v), 40058);
+    assert!(v["errmsg"].as_str().unwrap().contains("2 minutes"), "{v}");
+    assert_eq!(errcode(&s.kf("recall_msg", &t, &recall("edge")).await), 0);
+    let msgids: Vec<String> = st.recalls().into_iter().map(|r| r.msgid).collect();
+    assert_eq!(msgids, ["edge"]);
+}

@@ -79,10 +79,10 @@ pub async fn gettoken(State(st): State<Arc<SimState>>, RawQuery(q): RawQuery) ->
 }
 
 /// A business request that passed the token check and the gate.
-struct Authed<'a> {
-    account: usize,
-    group: usize,
-    body: Map<String, Value>,
+pub(super) struct Authed<'a> {
+    pub(super) account: usize,
+    pub(super) group: usize,
+    pub(super) body: Map<String, Value>,
     /// The exact bytes received (recorded as the accepted body).
     raw: &'a [u8],
 }
@@ -96,7 +96,7 @@ impl Authed<'_> {
 
 /// Token → account → gate → body, common to every business API. `kfid_of` names the
 /// open_kfid the request is about (to pick the account when a corp has several).
-fn prelude<'a>(
+pub(super) fn prelude<'a>(
     st: &SimState,
     query: Option<&str>,
     raw: &'a [u8],
@@ -130,16 +130,16 @@ fn prelude<'a>(
     })
 }
 
-fn str_field<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+pub(super) fn str_field<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     o.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
-fn body_kfid(_: &SimState, o: &Map<String, Value>) -> Option<String> {
+pub(super) fn body_kfid(_: &SimState, o: &Map<String, Value>) -> Option<String> {
     str_field(o, "open_kfid").map(str::to_owned)
 }
 
 /// The request's open_kfid, which must belong to the token's corp.
-fn check_kfid<'a>(
+pub(super) fn check_kfid<'a>(
     st: &SimState,
     group: usize,
     o: &'a Map<String, Value>,
