@@ -8,7 +8,6 @@ use crate::config::{Channel, Config};
 use crate::domain::allowance::WECOM_WINDOW;
 use crate::domain::chatbot_state::ChatbotState;
 use crate::platform::{Platform, http_client};
-use crate::store::Store;
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
 use crate::store::{RecallMark, Store};
 
@@ -24,6 +23,8 @@ pub struct Report {
     /// For a chatbot job: its conversation's state, asked of the platform when the report is
     /// made ([`report_with_chatbot_state`]); `None` for WeCom jobs, or when not asked.
     pub chatbot: Option<ChatbotStateReport>,
+    /// Set when a recall job took the message back (WeCom kf/recall_msg): when, and which job.
+    pub recall: Option<RecallMark>,
 }
 
 /// A chatbot conversation's state as `status` shows it: `kefustate/get` (`type=all`) asked when
@@ -36,8 +37,6 @@ pub struct ChatbotStateReport {
     /// Why there is no state: the call failed, or the answer named a state wxdispatch does
     /// not know. Names neither the token nor the URL.
     pub error: Option<String>,
-    /// Set when a recall job took the message back (WeCom kf/recall_msg): when, and which job.
-    pub recall: Option<RecallMark>,
 }
 
 /// A WeCom conversation as `status` shows it.
