@@ -2,12 +2,11 @@
 //! bar. What is listed and replayed is decided in `ops::dlq`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use super::table::{Table, format_age, one_line};
-use super::usage::UsageError;
 use crate::config::Config;
 use crate::ops::dlq::{self as ops, DeadLetterRow, Filter, ReplayProgress, Skip, Skipped};
 use crate::store;
@@ -252,24 +251,15 @@ async fn replay_on(
         writeln!(out, "dry run: nothing changed")?;
         return Ok(());
     }
-    if !plan.replay.is_empty() && !a.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(UsageError(format!(
-                "refusing to replay {} dead letter(s) without --yes (stdin is not a terminal); check with --dry-run first",
-                plan.replay.len()
-            ))
-            .into());
-        }
-        write!(
-            out,
-            "replay {} dead letter(s) ({} skipped)? [y/N] ",
+    if !plan.replay.is_empty() {
+        // The one confirmation of every destructive command (prompt on stderr, or --yes).
+        out.flush()?;
+        let what = format!(
+            "replay {} dead letter(s) ({} skipped; check with --dry-run first)",
             plan.replay.len(),
             plan.skipped.len()
-        )?;
-        out.flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        );
+        if !super::confirm::confirm(&what, a.yes)? {
             writeln!(out, "nothing replayed")?;
             return Ok(());
         }

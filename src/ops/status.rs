@@ -8,8 +8,9 @@ use crate::domain::allowance::WECOM_WINDOW;
 use crate::store::Store;
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
 
-/// Everything `status` shows of one job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything `status` shows of one job (its `--json` document: every field, serialized as it
+/// is, so fields added here appear there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     pub delivery: Delivery,
     /// For a job with an `open_kfid` (WeCom): the conversation with its recipient.
@@ -20,7 +21,7 @@ pub struct Report {
 }
 
 /// A WeCom conversation as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConversationReport {
     pub open_kfid: String,
     pub recipient: String,
