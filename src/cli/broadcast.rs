@@ -311,7 +311,8 @@ async fn follow(store: &Store, id: &str, account: Option<&str>) -> anyhow::Resul
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} {msg} {per_sec} ETA {eta}",
+            // the rate is in {msg} (`rate`): indicatif's {per_sec} prints four decimals
+            "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} {msg} ETA {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -338,8 +339,12 @@ async fn follow(store: &Store, id: &str, account: Option<&str>) -> anyhow::Resul
         };
         // message first: the position update is what redraws the bar
         bar.set_message(format!(
-            "sent {} failed {} dead {} suppressed {}",
-            p.sent, p.failed, p.dead, p.suppressed
+            "sent {} failed {} dead {} suppressed {} {}",
+            p.sent,
+            p.failed,
+            p.dead,
+            p.suppressed,
+            rate(p.done(), started.elapsed().as_secs_f64())
         ));
         bar.set_length(p.total.max(0) as u64);
         bar.set_position(p.done().max(0) as u64);

@@ -205,13 +205,13 @@ async fn list(cfg: &Config, a: ListArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     if more {
-        eprintln!(
+        super::output::note(&format!(
             "showing the newest {}; more match (use --limit or narrow the filters)",
             a.limit
-        );
+        ));
     }
     if let Some(h) = hint {
-        eprintln!("note: {h}");
+        super::output::note(&format!("note: {h}"));
     }
     Ok(())
 }
@@ -236,7 +236,7 @@ async fn replay_on(
     if plan.replay.is_empty() && plan.skipped.is_empty() {
         writeln!(out, "no unreplayed dead letters match")?;
         if let Some(h) = ops::filter_hint(db, &filter).await? {
-            eprintln!("note: {h}");
+            super::output::note(&format!("note: {h}"));
         }
         return Ok(());
     }
@@ -278,13 +278,14 @@ struct Bar(Option<indicatif::ProgressBar>);
 
 impl ReplayProgress for Bar {
     fn start(&mut self, total: usize) {
-        if total <= PROGRESS_MIN_ITEMS {
+        // No bar for a few items, with -q or NO_COLOR, or off a terminal.
+        if total <= PROGRESS_MIN_ITEMS || !super::output::fancy_stderr() {
             return;
         }
         let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "replaying {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} (eta {eta})")
+        {
             bar.set_style(style);
         }
         self.0 = Some(bar);
