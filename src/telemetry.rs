@@ -142,27 +142,41 @@ fn describe() {
 /// key, an errmsg) cannot start a new line or drive the terminal. The JSON format escapes
 /// control characters as JSON does (`\n`, `\u001b`).
 pub fn init_tracing() {
+    init_tracing_at(WORKER_LOG_FILTER);
+}
+
+/// The worker's default filter (`run`, `demo`): INFO, the broker and database clients at WARN.
+pub const WORKER_LOG_FILTER: &str = "info,lapin=warn,sqlx=warn";
+
+/// Logging as [`init_tracing`], with `default_filter` when `RUST_LOG` is not set: the command
+/// line's commands pass `warn` (INFO only with `-v`), so log lines do not mix into their
+/// output. Colours only on a terminal and never when `NO_COLOR` is set (no-color.org).
+pub fn init_tracing_at(default_filter: &str) {
     use tracing_subscriber::util::SubscriberInitExt;
     let json = std::env::var("WXDISPATCH_LOG").is_ok_and(|v| v == "json");
     // Colours only on a terminal: in a log file they are noise (and formatting them into
     // every job's span fields was ~1 % of a loaded worker's CPU).
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color();
     if json {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(env_filter())
+            .with_env_filter(env_filter(default_filter))
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .json()
             .try_init();
     } else {
-        let _ = text_subscriber(env_filter(), ansi, std::io::stderr).try_init();
+        let _ = text_subscriber(env_filter(default_filter), ansi, std::io::stderr).try_init();
     }
 }
 
-fn env_filter() -> tracing_subscriber::EnvFilter {
+/// True when `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+fn env_filter(default_filter: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter))
 }
 
 /// The text-format subscriber `init_tracing` installs, writing to `writer` (a test gives it

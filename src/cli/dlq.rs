@@ -2,12 +2,11 @@
 //! bar. What is listed and replayed is decided in `ops::dlq`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 use super::table::{Table, format_age, one_line};
-use super::usage::UsageError;
 use crate::config::Config;
 use crate::ops::dlq::{self as ops, DeadLetterRow, Filter, ReplayProgress, Skip, Skipped};
 use crate::store;
@@ -206,13 +205,13 @@ async fn list(cfg: &Config, a: ListArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     if more {
-        eprintln!(
+        super::output::note(&format!(
             "showing the newest {}; more match (use --limit or narrow the filters)",
             a.limit
-        );
+        ));
     }
     if let Some(h) = hint {
-        eprintln!("note: {h}");
+        super::output::note(&format!("note: {h}"));
     }
     Ok(())
 }
@@ -237,7 +236,7 @@ async fn replay_on(
     if plan.replay.is_empty() && plan.skipped.is_empty() {
         writeln!(out, "no unreplayed dead letters match")?;
         if let Some(h) = ops::filter_hint(db, &filter).await? {
-            eprintln!("note: {h}");
+            super::output::note(&format!("note: {h}"));
         }
         return Ok(());
     }
@@ -252,24 +251,15 @@ async fn replay_on(
         writeln!(out, "dry run: nothing changed")?;
         return Ok(());
     }
-    if !plan.replay.is_empty() && !a.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(UsageError(format!(
-                "refusing to replay {} dead letter(s) without --yes (stdin is not a terminal); check with --dry-run first",
-                plan.replay.len()
-            ))
-            .into());
-        }
-        write!(
-            out,
-            "replay {} dead letter(s) ({} skipped)? [y/N] ",
+    if !plan.replay.is_empty() {
+        // The one confirmation of every destructive command (prompt on stderr, or --yes).
+        out.flush()?;
+        let what = format!(
+            "replay {} dead letter(s) ({} skipped; check with --dry-run first)",
             plan.replay.len(),
             plan.skipped.len()
-        )?;
-        out.flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        );
+        if !super::confirm::confirm(&what, a.yes)? {
             writeln!(out, "nothing replayed")?;
             return Ok(());
         }
@@ -288,13 +278,14 @@ struct Bar(Option<indicatif::ProgressBar>);
 
 impl ReplayProgress for Bar {
     fn start(&mut self, total: usize) {
-        if total <= PROGRESS_MIN_ITEMS {
+        // No bar for a few items, with -q or NO_COLOR, or off a terminal.
+        if total <= PROGRESS_MIN_ITEMS || !super::output::fancy_stderr() {
             return;
         }
         let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "replaying {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("replaying {bar:40} {pos}/{len} (eta {eta})")
+        {
             bar.set_style(style);
         }
         self.0 = Some(bar);

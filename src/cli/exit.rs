@@ -20,9 +20,64 @@ fn is_usage(e: &anyhow::Error) -> bool {
 
 /// Print the failure as one line on stderr and return its exit code.
 pub fn report(e: &anyhow::Error) -> ExitCode {
-    let line = crate::text::escape_controls(&format!("{e:#}").replace('\n', " ")).into_owned();
-    eprintln!("wxdispatch: error: {line}");
+    print_error(&format!("{e:#}"));
     ExitCode::from(code(e))
+}
+
+/// The one way a command's failure reaches the terminal: `error: <one line>` on stderr
+/// (newlines folded, control characters escaped), whatever failed — a clap usage error, a
+/// configuration error or a runtime failure.
+pub fn print_error(msg: &str) {
+    eprintln!("error: {}", one_line(msg));
+}
+
+fn one_line(msg: &str) -> String {
+    let folded: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    crate::text::escape_controls(&folded.join(" ")).into_owned()
+}
+
+/// What a clap parse error becomes: `--help` and `--version` print as clap prints them (exit
+/// 0); a usage error prints one `error: …` line naming the command's `--help` (exit 2), not
+/// clap's usage block.
+pub fn clap_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            print_error(&clap_line(e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's message without its `error:` prefix, usage block and tips, on one line, followed by
+/// where to look (the command's `--help` when clap names the command).
+pub fn clap_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut paragraphs = text.split("\n\n").map(str::trim);
+    let first = paragraphs.next().unwrap_or_default();
+    let body = first.strip_prefix("error:").unwrap_or(first);
+    let cmd = paragraphs
+        .find_map(|p| p.strip_prefix("Usage: "))
+        .map(|u| {
+            u.split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|c| !c.is_empty());
+    let see = match cmd {
+        Some(c) => format!("see '{c} --help'"),
+        None => "see --help".into(),
+    };
+    format!("{} ({see})", one_line(body))
 }
 
 #[cfg(test)]
@@ -40,5 +95,11 @@ mod tests {
         let kf = anyhow::Error::new(KfError::Setup("no database".into()));
         assert_eq!(code(&kf), 1);
         assert_eq!(code(&anyhow::anyhow!("broker down")), 1);
+    }
+
+    #[test]
+    fn error_lines_fold_newlines_and_escape_controls() {
+        assert_eq!(one_line("a\n  b\n\nc"), "a b c");
+        assert_eq!(one_line("x\u{1b}[2J"), "x\\u{1b}[2J");
     }
 }

@@ -1,17 +1,22 @@
-//! The command line (contract §7): clap, printing and exit codes, one file per command. Every
+//! The command line: clap, printing and exit codes, one file per command. Every
 //! command exits 0 on success and otherwise prints one clear line on stderr and exits non-zero
-//! (1 runtime failure, 2 usage or configuration; [`exit`] decides which).
+//! (1 runtime failure, 2 usage or configuration; [`exit`] decides which). Global flags:
+//! `-q`, `-v`, `--config`; `--json` on every command that prints data ([`output`]); `--yes`
+//! or a prompt on every destructive one ([`confirm`]).
 
 pub mod account_flag;
 pub mod bench;
 pub mod broadcast;
 pub mod check_config;
 pub mod command;
+pub mod confirm;
 pub mod demo;
 pub mod dlq;
+pub mod docs;
 pub mod exit;
 pub mod kf;
 pub mod migrate;
+pub mod output;
 pub mod run;
 pub mod send;
 pub mod simulate;

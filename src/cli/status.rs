@@ -13,7 +13,13 @@ use crate::store::{self, Store};
 use crate::text::escape_controls as esc;
 
 /// `account`: `--account`, required when several accounts have the job id.
-pub async fn run(cfg: Config, job_id: &str, account: Option<&str>) -> anyhow::Result<()> {
+/// `json`: print the [`Report`] as one JSON object instead of text.
+pub async fn run(
+    cfg: Config,
+    job_id: &str,
+    account: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let pool = store::connect_pool(&cfg).await?;
     let st = Store::with_pool(pool, 1);
     let found = status::report_with_chatbot_state(&st, &cfg, job_id, account)
@@ -25,6 +31,9 @@ pub async fn run(cfg: Config, job_id: &str, account: Option<&str>) -> anyhow::Re
             None => anyhow::bail!("no delivery with job id '{job_id}'"),
         }
     };
+    if json {
+        return super::output::print_json(&report);
+    }
     let mut out = std::io::stdout().lock();
     print(&mut out, job_id, &report, Utc::now())?;
     Ok(())

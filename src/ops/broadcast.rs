@@ -23,6 +23,8 @@ pub struct Draft<'a> {
     pub open_kfid: Option<String>,
     /// RFC 3339 time after which remaining recipients are not sent (`expired`).
     pub not_after: Option<String>,
+    /// RFC 3339 time before which no recipient is sent (the job's `not_before`).
+    pub not_before: Option<String>,
 }
 
 /// A broadcast job ready to publish.
@@ -49,6 +51,9 @@ pub fn prepare(d: Draft<'_>, max_body_bytes: usize) -> anyhow::Result<Prepared> 
     }
     if let Some(t) = d.not_after {
         body["not_after"] = Value::String(t);
+    }
+    if let Some(t) = d.not_before {
+        body["not_before"] = Value::String(t);
     }
     let body = serde_json::to_vec(&body)?;
     job::parse(&body, None, d.account, max_body_bytes)
@@ -92,14 +97,41 @@ pub async fn progress(
     }
 }
 
+/// What a cancel did, as far as it can be known when it returns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Cancelled {
+    pub id: String,
+    pub account: String,
+    /// Recipients without an outcome that the cancel marked `cancelled`. An upper bound of
+    /// what it prevented: a recipient a lane had already taken (waiting for the rate limiter,
+    /// being sent, between retries) is still sent, and its outcome replaces `cancelled`.
+    pub marked_cancelled: u64,
+    /// The broadcast right after the cancel; its `cancelled` count is final once the
+    /// recipients in flight have finished (`broadcast status` counts it again).
+    pub progress: Option<Progress>,
+}
+
 /// Cancel broadcast `id` (of `account`, or of the one account that has it): recipients not
-/// yet sent end `cancelled`. Returns how many.
-pub async fn cancel(store: &Store, id: &str, account: Option<&str>) -> anyhow::Result<u64> {
-    let Some(a) = account_of(store, id, account).await? else {
-        match account {
+/// yet sent are marked `cancelled` (see [`Cancelled::marked_cancelled`]).
+pub async fn cancel(store: &Store, id: &str, account: Option<&str>) -> anyhow::Result<Cancelled> {
+    let a = resolve(store, id, account).await?;
+    let marked_cancelled = store.cancel_broadcast(&a, id).await?;
+    let progress = store.broadcast_progress(&a, id).await?;
+    Ok(Cancelled {
+        id: id.to_owned(),
+        account: a,
+        marked_cancelled,
+        progress,
+    })
+}
+
+/// The account of broadcast `id` ([`account_of`]), or an error naming what is missing.
+pub async fn resolve(store: &Store, id: &str, account: Option<&str>) -> anyhow::Result<String> {
+    match account_of(store, id, account).await? {
+        Some(a) => Ok(a),
+        None => match account {
             Some(a) => anyhow::bail!("no broadcast with id '{id}' on account '{a}'"),
             None => anyhow::bail!("no broadcast with id '{id}'"),
-        }
-    };
-    store.cancel_broadcast(&a, id).await
+        },
+    }
 }

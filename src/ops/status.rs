@@ -11,8 +11,9 @@ use crate::platform::{Platform, http_client};
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
 use crate::store::{RecallMark, Store};
 
-/// Everything `status` shows of one job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything `status` shows of one job (its `--json` document: every field, serialized as it
+/// is, so fields added here appear there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     pub delivery: Delivery,
     /// For a job with an `open_kfid` (WeCom): the conversation with its recipient.
@@ -40,7 +41,7 @@ pub struct ChatbotStateReport {
 }
 
 /// A WeCom conversation as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConversationReport {
     pub open_kfid: String,
     pub recipient: String,

@@ -132,7 +132,7 @@ pub struct DeadLetter {
 }
 
 /// One `deliveries` row, as `wxdispatch status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Delivery {
     pub job_id: String,
     pub account: String,
@@ -152,7 +152,7 @@ pub struct Delivery {
 }
 
 /// One `delivery_events` row: a change of a delivery's status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryEvent {
     pub at: DateTime<Utc>,
     pub status: String,
@@ -163,7 +163,7 @@ pub struct DeliveryEvent {
 
 /// What `conversations` holds of one WeCom conversation, for `wxdispatch status` (kept by the
 /// sync loop and the lanes).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Conversation {
     pub last_customer_msg_at: Option<DateTime<Utc>>,
     pub sent_since_customer: i32,

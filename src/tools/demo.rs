@@ -19,15 +19,28 @@ use crate::tools::simulate;
 
 pub use crate::tools::fixtures::sample_messages;
 
+/// Where the demo's simulator listens unless told otherwise: a fixed, documented port, so the
+/// config file `--serve` writes stays valid for the README's follow-up commands (the same port
+/// as `wxdispatch simulate`).
+pub const DEMO_SIM_LISTEN: &str = simulate::DEFAULT_LISTEN;
+
+/// The config file `demo --serve` writes unless told otherwise (in the current directory).
+pub const DEMO_CONFIG_FILE: &str = "wxdispatch-demo.toml";
+
 /// What `wxdispatch demo` does beyond the fixed demo.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Keep the worker and simulator running after the demo (until Ctrl-C).
     pub serve: bool,
-    /// The demo worker's public listener (callbacks); when taken, any free port. Its admin
-    /// listener (metrics, health) is the config's `http.admin_listen`, also any free port when
-    /// taken.
-    pub listen: String,
+    /// The demo worker's public listener (callbacks); `None`: the config's `http.listen`. Its
+    /// admin listener (metrics, health) is the config's `http.admin_listen`.
+    pub listen: Option<String>,
+    /// The simulator's listener ([`DEMO_SIM_LISTEN`] by default).
+    pub sim_listen: String,
+    /// With `serve`: where to write the config with the demo accounts (broker and database of
+    /// the loaded config), so that `send`, `broadcast`, `status` and `dlq` work from another
+    /// shell while the demo serves.
+    pub write_config: std::path::PathBuf,
 }
 
 /// Run the demo: the simulator and a worker on the demo accounts, one job of every message
@@ -38,12 +51,19 @@ pub async fn run_demo(
 ) -> anyhow::Result<()> {
     // Broker and database from the config (defaults: the local services); accounts are the demo's.
     let mut cfg = Config::load(config_path)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind(&opts.sim_listen)
         .await
-        .context("binding the simulator")?;
+        .with_context(|| {
+            format!(
+                "--sim-listen: cannot bind the simulator to {} (another demo or simulator running? choose another with --sim-listen)",
+                opts.sim_listen
+            )
+        })?;
     let base_url = format!("http://{}", listener.local_addr()?);
     cfg.accounts = demo_accounts(&base_url);
-    cfg.http.listen = opts.listen.clone();
+    if let Some(l) = &opts.listen {
+        cfg.http.listen = l.clone();
+    }
     if cfg.http.listen.ends_with(":0")
         && cfg.http.admin_listen == HttpConfig::default().admin_listen
     {
@@ -58,7 +78,9 @@ pub async fn run_demo(
     )
     .await?;
     println!("simulator      {}", sim.base_url());
-    let worker = start_worker(&mut cfg).await?;
+    let worker = Worker::start(cfg.clone()).await.context(
+        "starting the demo worker (listeners: --listen or http.listen, http.admin_listen)",
+    )?;
     if let Some(a) = worker.public_addr {
         println!("worker         callbacks http://{a}/callback/...");
     }
@@ -82,7 +104,22 @@ pub async fn run_demo(
     );
     let missing = ids.len() - rows.len();
     if opts.serve {
+        let path = write_demo_config(&cfg, &opts.write_config)?;
+        println!();
+        println!(
+            "config         {} (the demo accounts, for another shell):",
+            path.display()
+        );
+        println!("  export WXDISPATCH_CONFIG={}", path.display());
+        println!("  wxdispatch send --account demo-kf --to wmDemoExternalUser1 --text 'Hello'");
+        println!(
+            "  wxdispatch broadcast --account demo-kf --to-file recipients.txt --message '{{\"text\":{{\"content\":\"Hi\"}}}}'"
+        );
+        println!("  wxdispatch status {}", ids[0]);
+        println!("  wxdispatch dlq list");
         println!("serving; Ctrl-C to stop");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         crate::app::signal().await;
     }
     let _ = conn.close(200, "bye".into()).await;
@@ -92,6 +129,95 @@ pub async fn run_demo(
         anyhow::bail!("{missing} demo job(s) did not finish in time");
     }
     Ok(())
+}
+
+/// The config `demo --serve` leaves for the follow-up commands: the loaded config's broker and
+/// database, the demo accounts (pointing at the running simulator). Written readable by its
+/// owner only, as it holds the database and broker URLs. Returns the absolute path.
+pub fn write_demo_config(
+    cfg: &Config,
+    path: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let text = demo_config_toml(cfg)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("--write-config: cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())
+        .with_context(|| format!("--write-config: cannot write {}", path.display()))?;
+    Ok(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
+/// The TOML text of [`write_demo_config`].
+pub fn demo_config_toml(cfg: &Config) -> anyhow::Result<String> {
+    use toml::{Table, Value};
+    let mut root = Table::new();
+    let section = |k: &str, v: &str| {
+        let mut t = Table::new();
+        t.insert(k.into(), Value::String(v.into()));
+        Value::Table(t)
+    };
+    root.insert("broker".into(), section("url", cfg.broker.url.expose()));
+    root.insert("database".into(), section("url", cfg.database.url.expose()));
+    let mut accounts = Vec::new();
+    for a in &cfg.accounts {
+        let mut t = Table::new();
+        let mut put = |k: &str, v: &str| {
+            t.insert(k.into(), Value::String(v.into()));
+        };
+        put("name", &a.name);
+        put("channel", a.channel.as_str());
+        put("base_url", a.base_url());
+        for (k, v) in [
+            ("appid", &a.appid),
+            ("oa_appid", &a.oa_appid),
+            ("corpid", &a.corpid),
+        ] {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+        for (k, v) in [
+            ("secret", &a.secret),
+            ("token", &a.token),
+            ("encoding_aes_key", &a.encoding_aes_key),
+        ] {
+            if !v.is_empty() {
+                put(k, v.expose());
+            }
+        }
+        let mut rate = Table::new();
+        match a.rate.per_second {
+            Some(n) if !a.rate.unlimited => {
+                rate.insert("per_second".into(), Value::Integer(i64::from(n)));
+                rate.insert("burst".into(), Value::Integer(i64::from(a.rate.burst())));
+            }
+            _ => {
+                rate.insert("unlimited".into(), Value::Boolean(true));
+            }
+        }
+        t.insert("rate".into(), Value::Table(rate));
+        if !a.open_kfids.is_empty() {
+            t.insert(
+                "open_kfids".into(),
+                Value::Array(
+                    a.open_kfids
+                        .iter()
+                        .map(|k| Value::String(k.clone()))
+                        .collect(),
+                ),
+            );
+        }
+        accounts.push(Value::Table(t));
+    }
+    root.insert("account".into(), Value::Array(accounts));
+    let body = toml::to_string(&root).context("writing the demo config")?;
+    Ok(format!(
+        "# Written by `wxdispatch demo --serve`: the demo accounts on its simulator, with the\n# broker and database it used. Valid while the demo serves.\n{body}"
+    ))
 }
 
 /// Publish one job of every sample message and one malformed job; returns their ids in order.
@@ -167,25 +293,31 @@ fn print_outcomes(ids: &[String], rows: &[OutcomeRow]) {
     }
 }
 
-/// Start the demo worker; a listener whose port is taken (another worker or demo running)
-/// moves to any free port.
-async fn start_worker(cfg: &mut Config) -> anyhow::Result<Worker> {
-    for _ in 0..2 {
-        match Worker::start(cfg.clone()).await {
-            Ok(w) => return Ok(w),
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if msg.contains("http.listen: cannot bind") && !cfg.http.listen.ends_with(":0") {
-                    cfg.http.listen = "127.0.0.1:0".into();
-                } else if msg.contains("http.admin_listen: cannot bind")
-                    && !cfg.http.admin_listen.ends_with(":0")
-                {
-                    cfg.http.admin_listen = "127.0.0.1:0".into();
-                } else {
-                    return Err(e);
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_config_loads_back_with_the_demo_accounts() {
+        let mut cfg = Config::default();
+        cfg.broker.url = "amqp://guest:guest@127.0.0.1:5672/v".into();
+        cfg.database.url = "postgres://postgres@127.0.0.1:5432/d".into();
+        cfg.accounts = demo_accounts("http://127.0.0.1:9900");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("demo.toml");
+        let written = write_demo_config(&cfg, &path).unwrap_or_else(|e| panic!("{e:#}"));
+        let back = Config::load(Some(&written)).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(back.broker.url.expose(), cfg.broker.url.expose());
+        assert_eq!(back.database.url.expose(), cfg.database.url.expose());
+        let names: Vec<_> = back.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["demo-bot", "demo-kf"]);
+        for (a, b) in back.accounts.iter().zip(&cfg.accounts) {
+            assert_eq!(a.base_url(), b.base_url());
+            assert_eq!(a.secret.expose(), b.secret.expose());
+            assert_eq!(a.token.expose(), b.token.expose());
+            assert_eq!(a.encoding_aes_key.expose(), b.encoding_aes_key.expose());
+            assert_eq!(a.open_kfids, b.open_kfids);
+            assert_eq!(a.rate.per_second, b.rate.per_second);
         }
     }
-    Worker::start(cfg.clone()).await
 }

@@ -567,6 +567,7 @@ async fn the_binary_exit_codes_json_and_one_line_errors() {
             "--account",
             ACCOUNT,
             "--json",
+            "--yes",
         ],
     )
     .await;
@@ -576,7 +577,9 @@ async fn the_binary_exit_codes_json_and_one_line_errors() {
     assert_eq!(v["calls"], 1);
     let line = stderr_line(&o);
     assert!(
-        line.starts_with("wxdispatch: error: kf/servicer/del: errcode 95000 (invalid_open_kfid): invalid open_kfid"),
+        line.starts_with(
+            "error: kf/servicer/del: errcode 95000 (invalid_open_kfid): invalid open_kfid"
+        ),
         "{line}"
     );
 

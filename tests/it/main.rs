@@ -5,6 +5,7 @@ mod account_key;
 mod broadcast;
 mod byte_budget;
 mod callback_security;
+mod cli;
 mod conversation;
 mod core;
 mod crash;

@@ -80,6 +80,9 @@ pub enum AccountCmd {
     Delete {
         /// The kf account (open_kfid).
         open_kfid: String,
+        /// Delete without asking (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -122,6 +125,9 @@ pub enum ServicerCmd {
         /// Member userids.
         #[arg(required = true)]
         userids: Vec<String>,
+        /// Remove without asking (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -207,6 +213,29 @@ pub enum StatsCmd {
 }
 
 impl KfCommand {
+    /// For a destructive command: what it will do, in words for a y/N prompt, and whether
+    /// `--yes` was given; `None` for the others.
+    pub fn destructive(&self) -> Option<(String, bool)> {
+        match self {
+            KfCommand::Account(AccountCmd::Delete { open_kfid, yes, .. }) => {
+                Some((format!("delete kf account {open_kfid}"), *yes))
+            }
+            KfCommand::Servicer(ServicerCmd::Remove {
+                open_kfid,
+                userids,
+                yes,
+                ..
+            }) => Some((
+                format!(
+                    "remove {} servicer(s) from kf account {open_kfid}",
+                    userids.len()
+                ),
+                *yes,
+            )),
+            _ => None,
+        }
+    }
+
     /// The flags every command takes.
     pub(super) fn common(&self) -> &Common {
         match self {

@@ -39,6 +39,12 @@ pub async fn run(cfg: Config, args: KfArgs) -> anyhow::Result<()> {
     let common = cmd.common().clone();
     let account = wecom_account(&cfg, &common.account)?;
     cmd.validate(account)?;
+    if let Some((what, yes)) = cmd.destructive()
+        && !crate::cli::confirm::confirm(&what, yes)?
+    {
+        crate::cli::output::note("nothing changed");
+        return Ok(());
+    }
     let client = KfClient::connect(&cfg, &common.account).await?;
     let mut out = std::io::stdout().lock();
     let json = common.json;
