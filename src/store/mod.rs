@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod parked;
 pub mod pool;
 pub mod stats;
+pub mod sync_health;
 pub mod tokens;
 
 pub use batcher::BatchStats;

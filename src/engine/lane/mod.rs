@@ -19,6 +19,7 @@
 //! - `order`: conversation keys and handing jobs back to the broker in order;
 //! - `process`: claim, allowance, gate, send with retries; `gates` (asking who serves) over
 //!   `gate_cache`; `pause`: the account pause ([`PauseGate`], over [`crate::policy::pause`]);
+//!   `credentials`: the prober that ends a pause for credentials gettoken refused;
 //! - `finish`: record, dead-letter or park, then ack; `parked`: the conversations waiting
 //!   behind a parked job.
 //!
@@ -27,6 +28,7 @@
 //! is `finished_tx`/`finished_rx`.
 
 mod consumers;
+mod credentials;
 mod ctx;
 mod finish;
 mod gate_cache;
