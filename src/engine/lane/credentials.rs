@@ -27,17 +27,25 @@ pub(super) async fn run(ctx: Arc<LaneCtx>, shutdown: CancellationToken) {
         return;
     };
     let mut refusal = tokens.refusal();
+    let mut paused = ctx.pause.refused();
     loop {
-        let code = loop {
+        // Either the token manager remembers a refusal, or the lane is paused for one the
+        // manager no longer has: a job that met the refusal just before a probe succeeded
+        // reports it after the resume. Probing again (the token is cached: no call) ends it.
+        loop {
             if let Some(code) = *refusal.borrow_and_update() {
-                break code;
+                ctx.pause.refuse(code);
+                break;
+            }
+            if *paused.borrow_and_update() {
+                break;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = refusal.changed() => if changed.is_err() { return },
+                changed = paused.changed() => if changed.is_err() { return },
             }
-        };
-        ctx.pause.refuse(code);
+        }
         if !probe_until_accepted(&ctx, tokens, &shutdown).await {
             return;
         }
