@@ -1,6 +1,7 @@
 //! Log and metric names in one place, and the setup of both.
 //!
-//! Labels are limited to `account`, `channel`, `outcome`, `reason`, `errcode` and `kind`:
+//! Labels are limited to `account`, `channel`, `outcome`, `reason`, `errcode` and `kind`
+//! (and `open_kfid` on the sync gauges: a configured id, as bounded as `account`):
 //! never a recipient, a job id or a secret (their cardinality is unbounded and they are
 //! personal data).
 
@@ -34,6 +35,8 @@ pub const HTTP_CONNECTIONS: &str = "wxdispatch_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "wxdispatch_http_connections_refused_total";
 pub const HELD_BYTES: &str = "wxdispatch_held_bytes";
 pub const WRITES_HELD: &str = "wxdispatch_outcome_writes_held";
+pub const SYNC_STALE: &str = "wxdispatch_sync_stale_seconds";
+pub const SYNC_RETENTION_RISK: &str = "wxdispatch_sync_retention_risk";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -73,9 +76,20 @@ fn describe() {
     describe_counter!(DEAD_LETTERS, "Messages dead-lettered, by reason");
     describe_gauge!(
         LANE_PAUSED,
-        "1 while an account lane is paused (throttle or outage)"
+        "1 while an account lane is paused (throttle, outage or refused credentials)"
     );
-    describe_counter!(LANE_PAUSES, "Times an account lane was paused");
+    describe_counter!(
+        LANE_PAUSES,
+        "Times an account lane was paused, by reason (throttled, outage, credentials_refused)"
+    );
+    describe_gauge!(
+        SYNC_STALE,
+        "Seconds since an open_kfid last synced successfully (sync_msg keeps 3 days)"
+    );
+    describe_gauge!(
+        SYNC_RETENTION_RISK,
+        "1 while an open_kfid's sync is stale past sync.retention_alert_secs"
+    );
     describe_histogram!(
         RATE_WAIT,
         "Time a job waited for the account's rate limiter"

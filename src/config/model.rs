@@ -264,6 +264,35 @@ pub struct SyncConfig {
     pub poll_interval_secs: u64,
     /// Page size asked of sync_msg (platform maximum 1000).
     pub page_limit: u32,
+    /// `voice_format` sent in every sync_msg request: the encoding WeCom gives customers'
+    /// voice messages in (`amr`, the platform's default 0, or `silk`, 1).
+    pub voice_format: VoiceFormat,
+    /// Alert (log once, `wxdispatch_sync_retention_risk`, `/readyz` details) when an
+    /// open_kfid has not synced successfully for this long (seconds; 0 = off). sync_msg only
+    /// returns the last 3 days: the 48 h default leaves a day to fix the cause before
+    /// messages start to fall out of reach.
+    pub retention_alert_secs: u64,
+}
+
+/// The `voice_format` of `kf/sync_msg` (the platform's value encoding: 0 AMR, 1 Silk).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoiceFormat {
+    /// AMR (0), the platform's default and what most players read.
+    #[default]
+    Amr,
+    /// Silk (1), WeChat's own codec (better quality, needs a Silk decoder).
+    Silk,
+}
+
+impl VoiceFormat {
+    /// The number sync_msg expects.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Amr => 0,
+            Self::Silk => 1,
+        }
+    }
 }
 
 impl Default for SyncConfig {
@@ -271,6 +300,8 @@ impl Default for SyncConfig {
         Self {
             poll_interval_secs: 30,
             page_limit: 1000,
+            voice_format: VoiceFormat::Amr,
+            retention_alert_secs: 48 * 3600,
         }
     }
 }

@@ -312,3 +312,21 @@ fn secret_files_are_capped_and_the_error_names_the_key() {
     let e = Config::load(Some(std::path::Path::new("/dev/zero"))).unwrap_err();
     assert_eq!(format!("{e:#}"), "config file /dev/zero: larger than 4 MiB");
 }
+
+#[test]
+fn sync_voice_format_defaults_to_amr_and_takes_silk() {
+    let c = Config::from_toml_with_env(&base(), &[]).unwrap();
+    assert_eq!(c.sync.voice_format, super::VoiceFormat::Amr);
+    assert_eq!(c.sync.voice_format.code(), 0);
+    assert_eq!(c.sync.retention_alert_secs, 48 * 3600);
+    let text = format!(
+        "{}\n[sync]\nvoice_format = \"silk\"\nretention_alert_secs = 60\n",
+        base()
+    );
+    let c = Config::from_toml_with_env(&text, &[]).unwrap();
+    assert_eq!(c.sync.voice_format.code(), 1);
+    assert_eq!(c.sync.retention_alert_secs, 60);
+    let env = vec![("WXDISPATCH__SYNC__VOICE_FORMAT".into(), "mp3".into())];
+    let e = Config::from_toml_with_env(&base(), &env).unwrap_err();
+    assert!(format!("{e:#}").contains("voice_format"), "{e:#}");
+}

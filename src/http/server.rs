@@ -63,17 +63,36 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let broker = s.broker.connected();
     // A database that refuses writes (held and retried by the lanes) is not ready either.
     let db = s.store.ping().await && !s.store.writes_failing();
-    let body = format!(
+    let mut body = format!(
         "broker: {}\ndatabase: {}\n",
         if broker { "ok" } else { "down" },
         if db { "ok" } else { "down" }
     );
+    body.push_str(&sync_retention_details(&s));
     let code = if broker && db {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, body)
+}
+
+/// `/readyz` detail lines for the open_kfids whose sync is stale past
+/// `sync.retention_alert_secs` (see [`crate::engine::inbound::retention`]); empty when none.
+/// Details only: they do not make the worker unready.
+fn sync_retention_details(s: &AppState) -> String {
+    let threshold = s.inbound.retention().threshold_secs().unwrap_or(0);
+    s.inbound
+        .retention()
+        .at_risk(chrono::Utc::now())
+        .iter()
+        .map(|r| {
+            format!(
+                "sync_retention_risk: account {} open_kfid {} not synced for {} s (alert after {threshold} s; sync_msg keeps 3 days)\n",
+                r.account, r.open_kfid, r.stale_secs
+            )
+        })
+        .collect()
 }
 
 /// A bound listener: its address and the future serving it (ends on shutdown).

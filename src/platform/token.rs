@@ -1,5 +1,12 @@
 //! WeCom access tokens: an in-process cache in front of the shared token store, refreshed
-//! single-flight and ahead of expiry, with a short negative cache after a refused gettoken.
+//! single-flight and ahead of expiry, with a short negative cache after a failed gettoken.
+//!
+//! When gettoken refuses the account's credentials (errcodes the policy classifies as
+//! [`Action::CredentialsRefused`]: 40001, 40013, …) the manager remembers the *refusal*: every
+//! [`TokenManager::get`] answers it without asking the platform, until a
+//! [`TokenManager::probe`] (the lane's credentials prober, `engine::lane::credentials`) gets
+//! a token. So one refused account costs the platform only the prober's calls, however
+//! many jobs and sync loops want a token. [`TokenManager::refusal`] tells who waits for it.
 //!
 //! The shared store is a [`TokenStore`]: the platform layer knows what it must do (refresh
 //! under a lock that spans processes, invalidate one generation), not that it is Postgres
@@ -7,6 +14,8 @@
 
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -66,8 +75,9 @@ pub trait TokenStore: Send + Sync {
 /// the store's lock — in Postgres an advisory lock), ahead of expiry.
 pub struct TokenManager {
     account: String,
-    corpid: String,
-    secret: Secret,
+    /// `(corpid, secret)`, read by every gettoken: [`TokenManager::set_credentials`] replaces
+    /// them (the account-update path), so the next probe uses the new ones.
+    credentials: RwLock<(String, Secret)>,
     base_url: String,
     http: reqwest::Client,
     store: Box<dyn TokenStore>,
@@ -75,6 +85,12 @@ pub struct TokenManager {
     refresh: tokio::sync::Mutex<()>,
     /// The last configuration failure of gettoken and when it happened (negative cache).
     failed: Mutex<Option<(Instant, CallResult)>>,
+    /// The errcode of gettoken's refusal of the credentials, until a probe gets a token.
+    /// A watch: the lane's prober waits for it to become `Some`.
+    refused: watch::Sender<Option<i64>>,
+    /// Woken by [`TokenManager::set_credentials`]: a prober waiting out its backoff probes
+    /// at once with the new credentials.
+    credentials_changed: Notify,
 }
 
 impl TokenManager {
@@ -86,15 +102,47 @@ impl TokenManager {
     ) -> Self {
         Self {
             account: account.name.clone(),
-            corpid: account.corpid.clone().unwrap_or_default(),
-            secret: account.secret.clone(),
+            credentials: RwLock::new((
+                account.corpid.clone().unwrap_or_default(),
+                account.secret.clone(),
+            )),
             base_url: account.base_url().trim_end_matches('/').to_owned(),
             http,
             store,
             cache: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             failed: Mutex::new(None),
+            refused: watch::Sender::new(None),
+            credentials_changed: Notify::new(),
         }
+    }
+
+    /// The refusal of the credentials (its errcode) while gettoken refuses them; `None` once
+    /// a probe got a token.
+    pub fn refusal(&self) -> watch::Receiver<Option<i64>> {
+        self.refused.subscribe()
+    }
+
+    /// Replace the account's corpid and secret (the hook of an account update: accounts are
+    /// static config today, so a changed secret is read at restart) and wake a waiting prober,
+    /// which then probes at once with them. The cached token stays: it was issued for the
+    /// corp and is valid until it expires or the platform rejects it.
+    pub fn set_credentials(&self, corpid: String, secret: Secret) {
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = (corpid, secret);
+        // notify_one keeps a permit: a prober between two waits still sees it.
+        self.credentials_changed.notify_one();
+    }
+
+    /// Resolves when [`TokenManager::set_credentials`] was called (once per call).
+    pub async fn credentials_changed(&self) {
+        self.credentials_changed.notified().await;
+    }
+
+    /// Ask gettoken now, past the refusal and the negative cache (still single-flight and
+    /// through the store, so another process's fresh token counts as a success): the
+    /// prober's call. On success the refusal ends.
+    pub async fn probe(&self) -> Result<StoredToken, CallResult> {
+        Box::pin(self.refresh(true)).await
     }
 
     fn fresh(t: &StoredToken) -> bool {
@@ -114,13 +162,27 @@ impl TokenManager {
         }
         // Boxed: the refresh is rare and its state is large; every send's future would
         // otherwise carry (and move) it.
-        Box::pin(self.refresh()).await
+        Box::pin(self.refresh(false)).await
     }
 
-    async fn refresh(&self) -> Result<StoredToken, CallResult> {
+    /// The remembered refusal as the result gettoken gave.
+    fn refused_result(code: i64) -> CallResult {
+        CallResult::Errcode {
+            code,
+            msg: "gettoken refused the credentials (remembered until a probe succeeds)".into(),
+        }
+    }
+
+    async fn refresh(&self, probe: bool) -> Result<StoredToken, CallResult> {
+        if !probe && let Some(code) = *self.refused.borrow() {
+            return Err(Self::refused_result(code));
+        }
         let _one = self.refresh.lock().await;
         if let Some(t) = self.cached() {
             return Ok(t);
+        }
+        if !probe && let Some(code) = *self.refused.borrow() {
+            return Err(Self::refused_result(code));
         }
         let failed = self
             .failed
@@ -128,6 +190,7 @@ impl TokenManager {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some((at, res)) = failed
+            && !probe
             && at.elapsed() < GETTOKEN_NEGATIVE_CACHE
         {
             return Err(res);
@@ -141,18 +204,30 @@ impl TokenManager {
             Ok(Ok(tok)) => {
                 *self.cache.write().unwrap_or_else(|p| p.into_inner()) = Some(tok.clone());
                 *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                if self.refused.send_replace(None).is_some() {
+                    tracing::info!(account = %self.account, "gettoken accepts the credentials again");
+                }
                 Ok(tok)
             }
             Ok(Err(res)) => {
-                if matches!(
-                    policy::classify(Channel::Wecom, Api::GetToken, &res),
-                    Action::DeadLetter { .. }
-                ) {
-                    tracing::error!(account = %self.account, result = ?res, "gettoken refused: check corpid/secret; account stopped until fixed");
-                    metrics::counter!(t::TOKEN_REFRESH_FAILURES, "account" => self.account.clone())
-                        .increment(1);
-                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((Instant::now(), res.clone()));
+                match policy::classify(Channel::Wecom, Api::GetToken, &res) {
+                    Action::CredentialsRefused { code } => {
+                        metrics::counter!(t::TOKEN_REFRESH_FAILURES, "account" => self.account.clone())
+                            .increment(1);
+                        if self.refused.send_replace(Some(code)).is_none() {
+                            tracing::error!(account = %self.account, errcode = code, result = ?res, "gettoken refused the credentials: check corpid, secret and the IP allow-list; the account is paused until gettoken accepts them");
+                        } else {
+                            tracing::debug!(account = %self.account, errcode = code, "gettoken still refuses the credentials");
+                        }
+                    }
+                    Action::DeadLetter { .. } => {
+                        tracing::error!(account = %self.account, result = ?res, "gettoken failed with a configuration error: check the account's base_url");
+                        metrics::counter!(t::TOKEN_REFRESH_FAILURES, "account" => self.account.clone())
+                            .increment(1);
+                        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), res.clone()));
+                    }
+                    _ => {}
                 }
                 Err(res)
             }
@@ -163,10 +238,13 @@ impl TokenManager {
     async fn gettoken(&self) -> Fetched {
         metrics::counter!(t::TOKEN_REFRESHES, "account" => self.account.clone()).increment(1);
         let url = format!("{}/cgi-bin/gettoken", self.base_url);
-        let req = self.http.get(url).query(&[
-            ("corpid", self.corpid.as_str()),
-            ("corpsecret", self.secret.expose()),
-        ]);
+        let req = {
+            let creds = self.credentials.read().unwrap_or_else(|p| p.into_inner());
+            self.http.get(url).query(&[
+                ("corpid", creds.0.as_str()),
+                ("corpsecret", creds.1.expose()),
+            ])
+        };
         match call_json(req).await {
             (CallResult::Ok { .. }, v) => {
                 let token = v

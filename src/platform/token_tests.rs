@@ -160,3 +160,102 @@ async fn a_token_about_to_expire_is_refreshed_ahead() {
         "a transport failure is not negatively cached"
     );
 }
+
+/// A gettoken endpoint on a local port answering `answer()` (a JSON body) to every request,
+/// counting requests and remembering the last query string.
+struct Gettoken {
+    base_url: String,
+    calls: Arc<AtomicUsize>,
+    answer: Arc<Mutex<String>>,
+    last_query: Arc<Mutex<String>>,
+}
+
+async fn gettoken_server(answer: &str) -> Gettoken {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let answer = Arc::new(Mutex::new(answer.to_owned()));
+    let last_query = Arc::new(Mutex::new(String::new()));
+    let (c, a, q) = (calls.clone(), answer.clone(), last_query.clone());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+            *q.lock().unwrap() = target.split_once('?').map(|x| x.1).unwrap_or("").into();
+            c.fetch_add(1, Ordering::SeqCst);
+            let body = a.lock().unwrap().clone();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    Gettoken {
+        base_url,
+        calls,
+        answer,
+        last_query,
+    }
+}
+
+fn manager_at(store: &Memory, base_url: &str) -> TokenManager {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut a = account();
+    a.base_url = Some(base_url.into());
+    TokenManager::new(&a, http, Box::new(store.clone()))
+}
+
+const REFUSED: &str = r#"{"errcode":40001,"errmsg":"invalid credential"}"#;
+const GRANTED: &str = r#"{"errcode":0,"errmsg":"ok","access_token":"tok-2","expires_in":7200}"#;
+
+#[tokio::test]
+async fn a_refusal_is_remembered_until_a_probe_gets_a_token() {
+    let srv = gettoken_server(REFUSED).await;
+    let m = manager_at(&Memory::default(), &srv.base_url);
+    let mut refusal = m.refusal();
+    let refused = |r: Result<StoredToken, CallResult>| {
+        matches!(r, Err(CallResult::Errcode { code: 40001, .. }))
+    };
+    assert!(refused(m.get().await));
+    assert_eq!(*refusal.borrow_and_update(), Some(40001));
+    // Jobs and sync loops asking now are answered without a call, for as long as it lasts
+    // (the old 30 s negative cache asked again after 30 s).
+    for _ in 0..20 {
+        assert!(refused(m.get().await));
+    }
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 1, "one gettoken call");
+    // The prober asks; still refused.
+    assert!(refused(m.probe().await));
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 2);
+    // Fixed: the probe gets a token, the refusal ends, everyone is served from the cache.
+    *srv.answer.lock().unwrap() = GRANTED.into();
+    assert_eq!(m.probe().await.unwrap().token, "tok-2");
+    assert!(refusal.has_changed().unwrap());
+    assert_eq!(*refusal.borrow_and_update(), None);
+    assert_eq!(m.get().await.unwrap().token, "tok-2");
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn new_credentials_are_used_by_the_next_probe_and_wake_the_prober() {
+    let srv = gettoken_server(REFUSED).await;
+    let m = manager_at(&Memory::default(), &srv.base_url);
+    assert!(m.get().await.is_err());
+    assert!(srv.last_query.lock().unwrap().contains("corpsecret=s"));
+    m.set_credentials("ww2".into(), Secret::new("s-new"));
+    // The wake-up is kept for a prober that waits only afterwards.
+    tokio::time::timeout(std::time::Duration::from_secs(1), m.credentials_changed())
+        .await
+        .expect("set_credentials wakes the prober");
+    *srv.answer.lock().unwrap() = GRANTED.into();
+    m.probe().await.unwrap();
+    let q = srv.last_query.lock().unwrap().clone();
+    assert!(
+        q.contains("corpid=ww2") && q.contains("corpsecret=s-new"),
+        "{q}"
+    );
+}

@@ -53,6 +53,11 @@ pub enum Action {
     Throttle { min_pause: Duration },
     /// A human agent serves this conversation (WeCom 95018): gate bot replies.
     HumanServing,
+    /// WeCom `gettoken` refused the account's credentials (wrong secret or corpid, or this
+    /// server's IP not on the app's allow-list): no job of the account can be sent until an
+    /// operator fixes it, and none is at fault. Pause the account (its jobs stay queued, the
+    /// attempt does not count) and probe gettoken until it answers (`engine::lane::credentials`).
+    CredentialsRefused { code: i64 },
     /// Permanent for this job: dead-letter with this reason. `alert` marks configuration
     /// problems an operator must fix (bad secret, API switched off, IP not allowed, …).
     DeadLetter { reason: Reason, alert: bool },
@@ -109,7 +114,12 @@ pub fn classify(channel: Channel, api: Api, result: &CallResult) -> Action {
                 min_pause: CHATBOT_THROTTLE_PAUSE,
             },
             // ---- WeCom ----
-            (Channel::Wecom, Api::GetToken, 40001) => config, // wrong secret
+            // gettoken refusing the account's own settings: 40001 wrong secret, 40013 bad
+            // corpid, 40091 secret malformed, 41002 / 41004 corpid / secret missing, 60020
+            // IP not allowed. All fixed outside the job, none by a retry of it.
+            (Channel::Wecom, Api::GetToken, 40001 | 40013 | 40091 | 41002 | 41004 | 60020) => {
+                CredentialsRefused { code: *code }
+            }
             (Channel::Wecom, Api::Business, 40001 | 40014 | 42001 | 41001) => RefreshToken,
             (Channel::Wecom, Api::GetToken, 40014 | 42001 | 41001) => config,
             (Channel::Wecom, _, 40013 | 40091 | 48002 | 60020 | 95017) => config,
@@ -220,7 +230,6 @@ mod tests {
             (Chatbot, b, 1019, "config_error", true),
             (Chatbot, b, 3005, "config_error", true),
             (Chatbot, b, 3014, "content_rejected", false),
-            (Wecom, Api::GetToken, 40001, "config_error", true),
             (Wecom, Api::GetToken, 42001, "config_error", true),
             (Wecom, b, 40013, "config_error", true),
             (Wecom, b, 40091, "config_error", true),
@@ -256,6 +265,31 @@ mod tests {
             );
             assert_eq!(reason(got), want);
         }
+    }
+
+    #[test]
+    fn gettoken_refusing_the_credentials_pauses_instead_of_dead_lettering() {
+        for c in [40001, 40013, 40091, 41002, 41004, 60020] {
+            assert_eq!(
+                classify(Wecom, Api::GetToken, &code(c)),
+                Action::CredentialsRefused { code: c },
+                "{c}"
+            );
+        }
+        // The same codes from a business API keep their meaning there.
+        assert_eq!(
+            classify(Wecom, Api::Business, &code(40001)),
+            Action::RefreshToken
+        );
+        assert_eq!(
+            reason(classify(Wecom, Api::Business, &code(60020))),
+            "config_error"
+        );
+        // A gettoken answer that is no refusal of the credentials still dead-letters.
+        assert_eq!(
+            reason(classify(Wecom, Api::GetToken, &CallResult::Http(404))),
+            "config_error"
+        );
     }
 
     #[test]

@@ -2,12 +2,38 @@
 //! run of transport failures) pauses every job of the account; when the pause ends one job
 //! goes first as the *probe* and the rest wait for its verdict.
 //!
+//! A refusal of the account's credentials by gettoken ([`Action::CredentialsRefused`]) pauses
+//! the account until [`PauseState::credentials_ok`]: no job probes then (a job's call would
+//! only ask gettoken again); the lane's credentials prober asks gettoken on the schedule of
+//! [`credentials_probe_delay`] and ends the pause.
+//!
 //! Pure: the caller passes the time (`now`) and does the waiting, logging and waking
 //! (`engine::lane::PauseGate` is the Mutex + Notify around it).
 
 use std::time::{Duration, Instant};
 
 use crate::policy::Action;
+
+/// The first wait of the credentials prober after a refusal: short, because the usual fix
+/// (a corrected secret, then a restart or an account update that wakes the prober) should
+/// take effect quickly.
+pub const CREDENTIALS_PROBE_INITIAL: Duration = Duration::from_secs(5);
+/// The prober's longest wait. WeCom blocks gettoken for an hour after about 2000 bad calls
+/// an hour; doubling from 5 s to this cap makes about 12 calls in the first hour and 6 an
+/// hour after, per account and process: far below the block even with many processes, and
+/// a fixed secret is still noticed within 10 minutes without an account update.
+pub const CREDENTIALS_PROBE_MAX: Duration = Duration::from_secs(600);
+
+/// The wait before the credentials prober's probe number `probes` (0-based) after a
+/// refusal: [`CREDENTIALS_PROBE_INITIAL`] doubling up to [`CREDENTIALS_PROBE_MAX`], jittered
+/// down by up to a fifth (`jitter` in 0..1), so the processes of a deployment and the
+/// accounts of one corp do not probe in step. Never above the cap.
+pub fn credentials_probe_delay(probes: u32, jitter: f32) -> Duration {
+    let full = CREDENTIALS_PROBE_INITIAL
+        .saturating_mul(1u32 << probes.min(16))
+        .min(CREDENTIALS_PROBE_MAX);
+    full.mul_f32(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
+}
 
 /// The numbers of `config.retry` that shape an account's pauses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +95,9 @@ pub enum Change {
     Resumed { was_paused: bool },
     /// The probe role was handed back: wake the waiters, one of them takes it.
     Released,
+    /// gettoken refused the account's credentials with `code`: the account is paused until
+    /// [`PauseState::credentials_ok`]. `first`: it was not refused before (alert once).
+    Refused { code: i64, first: bool },
 }
 
 /// One account's pause.
@@ -82,11 +111,17 @@ pub struct PauseState {
     level: u32,
     /// Consecutive transport failures (reset by any other result).
     consecutive_transport: u32,
+    /// gettoken refuses the credentials (this errcode): everybody waits for
+    /// [`PauseState::credentials_ok`].
+    refused: Option<i64>,
 }
 
 impl PauseState {
     /// May a job call the platform now? The first poll after a pause ended claims the probe.
     pub fn poll(&mut self, now: Instant) -> Wait {
+        if self.refused.is_some() {
+            return Wait::Verdict;
+        }
         match self.until {
             None if !self.probing => Wait::Go(Probe(false)),
             None => Wait::Verdict,
@@ -112,6 +147,7 @@ impl PauseState {
                 let min = settings.throttle_min.unwrap_or(*min_pause);
                 self.pause(min, "throttled", now, settings)
             }
+            Action::CredentialsRefused { code } => self.refuse(*code),
             Action::Retry { transport: true } => {
                 self.consecutive_transport = self.consecutive_transport.saturating_add(1);
                 if probe.0 || self.consecutive_transport >= settings.outage_threshold {
@@ -133,6 +169,29 @@ impl PauseState {
                 }
             }
         }
+    }
+
+    /// gettoken refused the credentials with `code` (a job's call, or the prober's).
+    pub fn refuse(&mut self, code: i64) -> Change {
+        let first = self.refused.replace(code).is_none();
+        // A job that was the probe of an earlier pause gives the role up: nobody probes
+        // while the credentials are refused, and afterwards nobody waits for its verdict.
+        self.probing = false;
+        Change::Refused { code, first }
+    }
+
+    /// gettoken accepts the credentials again: the refusal's pause ends (an earlier throttle
+    /// or outage pause still running is kept).
+    pub fn credentials_ok(&mut self) -> Change {
+        match self.refused.take() {
+            Some(_) => Change::Resumed { was_paused: true },
+            None => Change::None,
+        }
+    }
+
+    /// Whether gettoken refuses the credentials (the errcode).
+    pub fn refused(&self) -> Option<i64> {
+        self.refused
     }
 
     /// A probe that will not make its call hands the probe role back: the next poll claims

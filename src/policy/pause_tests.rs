@@ -241,3 +241,83 @@ fn a_probe_claimed_right_after_a_release_keeps_its_role() {
     assert_eq!(s.release(Probe(false), end), Change::None);
     assert_eq!(s.poll(end + secs(1)), Wait::Verdict);
 }
+
+const REFUSED: Action = Action::CredentialsRefused { code: 40001 };
+
+#[test]
+fn refused_credentials_hold_every_job_until_they_are_accepted() {
+    let t0 = Instant::now();
+    let mut s = PauseState::default();
+    assert_eq!(
+        s.report(Probe(false), &REFUSED, t0, &settings()),
+        Change::Refused {
+            code: 40001,
+            first: true
+        }
+    );
+    assert_eq!(s.refused(), Some(40001));
+    // No job goes, not even as a probe, however long the refusal lasts.
+    for later in [0, 5, 3600, 86_400] {
+        assert_eq!(s.poll(t0 + secs(later)), Wait::Verdict, "{later} s");
+    }
+    // A second refusal (the prober's) is not a new alert.
+    assert_eq!(
+        s.refuse(40013),
+        Change::Refused {
+            code: 40013,
+            first: false
+        }
+    );
+    assert_eq!(s.credentials_ok(), Change::Resumed { was_paused: true });
+    assert_eq!(
+        s.poll(t0 + secs(1)),
+        Wait::Go(Probe(false)),
+        "everyone goes"
+    );
+    assert_eq!(s.credentials_ok(), Change::None, "nothing left to resume");
+}
+
+#[test]
+fn a_refusal_takes_the_probe_role_and_keeps_a_running_pause() {
+    let t0 = Instant::now();
+    let mut s = paused(t0);
+    let end = t0 + secs(5);
+    assert_eq!(s.poll(end), Wait::Go(Probe(true)));
+    // The probe's call found the credentials refused.
+    s.report(Probe(true), &REFUSED, end, &settings());
+    assert_eq!(s.poll(end + secs(60)), Wait::Verdict);
+    s.credentials_ok();
+    // The probe role was given up: the next job goes without waiting for a verdict.
+    assert_eq!(s.poll(end + secs(60)), Wait::Go(Probe(false)));
+
+    // A throttle pause that outlasts the refusal is still waited out.
+    let mut s = PauseState::default();
+    s.report(Probe(false), &THROTTLE, t0, &settings());
+    s.refuse(40001);
+    s.credentials_ok();
+    assert_eq!(s.poll(t0 + secs(1)), Wait::Until(t0 + secs(60)));
+}
+
+#[test]
+fn the_credentials_probe_backs_off_to_its_cap_with_jitter_below_it() {
+    let full: Vec<u64> = (0..10)
+        .map(|n| credentials_probe_delay(n, 0.0).as_secs())
+        .collect();
+    assert_eq!(full, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+    assert_eq!(
+        credentials_probe_delay(u32::MAX, 0.0),
+        CREDENTIALS_PROBE_MAX
+    );
+    for n in 0..12 {
+        let d = credentials_probe_delay(n, 1.0);
+        let f = credentials_probe_delay(n, 0.0);
+        assert!(d < f && d >= f.mul_f32(0.8), "{n}: {d:?} of {f:?}");
+    }
+    // Calls in the first hour, at the fastest jitter: far below WeCom's ~2000 a hour.
+    let (mut t, mut calls) = (Duration::ZERO, 0);
+    while t < secs(3600) {
+        t += credentials_probe_delay(calls, 1.0);
+        calls += 1;
+    }
+    assert!(calls <= 15, "{calls} probes in the first hour");
+}

@@ -5,6 +5,7 @@
 //! - [`batcher`]: the writer tasks that turn concurrent single-row writes into one statement;
 //! - [`deliveries`]: claims, outcomes, service states, dead-letter records, `status` reads;
 //! - [`tokens`]: the shared WeCom access tokens;
+//! - [`sync_health`]: when each open_kfid last synced (the sync retention alert);
 //! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation;
 //! - [`recall`]: a recall's target row, marking it recalled.
 
@@ -19,6 +20,7 @@ pub mod parked;
 pub mod pool;
 pub mod recall;
 pub mod stats;
+pub mod sync_health;
 pub mod tokens;
 
 pub use batcher::BatchStats;

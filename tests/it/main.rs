@@ -25,3 +25,4 @@ mod retry;
 mod states;
 mod schedule;
 mod text_secrets;
+mod tokens;

@@ -29,6 +29,8 @@ pub struct SyncHub {
     publisher: Publisher,
     /// Per account: lag of each open_kfid; the account's gauge shows the largest.
     lag: Mutex<HashMap<String, HashMap<String, f64>>>,
+    /// Each loop's last successful sync, for the retention alert (`/readyz` reads it).
+    retention: super::retention::RetentionWatch,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -132,7 +134,13 @@ impl SyncHub {
             slots,
             publisher,
             lag: Mutex::new(HashMap::new()),
+            retention: super::retention::RetentionWatch::new(cfg.sync.retention_alert_secs),
         }
+    }
+
+    /// The sync loops' last successes and the retention alert.
+    pub fn retention(&self) -> &super::retention::RetentionWatch {
+        &self.retention
     }
 
     /// Wake the loop of `(account, open_kfid)`, handing it the callback `token` (when not

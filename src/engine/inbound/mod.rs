@@ -36,20 +36,23 @@
 //! pauses this loop for at least 60 s (`retry.throttle_pause_secs` overrides it for tests);
 //! transport failures and other transient errors back off exponentially with jitter
 //! (`retry.initial_backoff_ms` … `retry.max_backoff_ms`); configuration errors are logged and
-//! retried after [`PERMANENT_ERROR_WAIT`].
+//! retried after [`PERMANENT_ERROR_WAIT`]. An open_kfid that has not synced successfully for
+//! `sync.retention_alert_secs` raises the retention alert ([`retention`]).
 //!
 //! The files: [`ctx`] (what a loop needs), [`hub`] (wake-ups and Tokens shared with the
 //! callbacks), [`sync_loop`] (when to pull), [`page`] (one pull, page by page), [`publish`]
-//! (confirmed publishing). The messages themselves are [`crate::domain::inbound`].
+//! (confirmed publishing), [`retention`] (the retention alert). The messages themselves are [`crate::domain::inbound`].
 
 pub mod ctx;
 pub mod hub;
 pub mod page;
 pub mod publish;
+pub mod retention;
 pub mod sync_loop;
 
 pub use crate::domain::inbound::{Effect, Inbound, content_id, normalize_msgid, routing_word};
 pub use ctx::SyncCtx;
 pub use hub::SyncHub;
 pub use publish::publish_inbound;
+pub use retention::{AtRisk, RetentionWatch};
 pub use sync_loop::{PERMANENT_ERROR_WAIT, run};

@@ -47,8 +47,8 @@ pub(super) enum PageError {
     Permanent(String),
 }
 
-pub(super) fn classify_page(res: &CallResult) -> PageError {
-    if let CallResult::Errcode { code: 95007, .. } = res {
+pub(super) fn classify_page(res: &CallResult, api: Api) -> PageError {
+    if let (CallResult::Errcode { code: 95007, .. }, Api::Business) = (res, api) {
         return PageError::InvalidToken;
     }
     let what = match res {
@@ -57,12 +57,16 @@ pub(super) fn classify_page(res: &CallResult) -> PageError {
         CallResult::Transport(e) => e.clone(),
         CallResult::Ok { .. } => "ok".into(),
     };
-    match policy::classify(Channel::Wecom, Api::Business, res) {
+    match policy::classify(Channel::Wecom, api, res) {
         Action::Throttle { .. } => PageError::Throttled,
         Action::Retry { .. } | Action::RefreshToken => PageError::Transient(what),
-        Action::Deliver | Action::HumanServing | Action::DeadLetter { .. } => {
-            PageError::Permanent(what)
-        }
+        // gettoken refuses the credentials: the account's prober asks again; this loop
+        // retries after the permanent-error wait (its token requests are answered from the
+        // remembered refusal meanwhile, without calling gettoken).
+        Action::Deliver
+        | Action::HumanServing
+        | Action::DeadLetter { .. }
+        | Action::CredentialsRefused { .. } => PageError::Permanent(what),
     }
 }
 
@@ -170,14 +174,18 @@ impl Puller<'_> {
     ) -> Result<Fetched, RunOutcome> {
         let (account, open_kfid) = (self.ctx.account.as_str(), self.open_kfid);
         let token = self.slot.token();
-        let mut body = json!({ "limit": self.ctx.sync.page_limit, "open_kfid": open_kfid });
+        let mut body = json!({
+            "limit": self.ctx.sync.page_limit,
+            "open_kfid": open_kfid,
+            "voice_format": self.ctx.sync.voice_format.code(),
+        });
         if let Some(c) = cursor {
             body["cursor"] = json!(c);
         }
         if let Some(tk) = &token {
             body["token"] = json!(tk);
         }
-        let ((res, _api), v) = self
+        let ((res, api), v) = self
             .ctx
             .platform()
             .wecom_call(self.tokens, "kf/sync_msg", &body)
@@ -188,7 +196,7 @@ impl Puller<'_> {
         };
         if !matches!(res, CallResult::Ok { .. }) {
             failed();
-            return match classify_page(&res) {
+            return match classify_page(&res, api) {
                 PageError::InvalidToken => {
                     if let Some(tk) = &token {
                         self.slot.drop_token(tk);
@@ -284,14 +292,33 @@ mod tests {
             code,
             msg: String::new(),
         };
-        assert!(matches!(classify_page(&e(95007)), PageError::InvalidToken));
-        assert!(matches!(classify_page(&e(45009)), PageError::Throttled));
-        assert!(matches!(classify_page(&e(-1)), PageError::Transient(_)));
+        let b = Api::Business;
         assert!(matches!(
-            classify_page(&CallResult::Transport("timeout".into())),
+            classify_page(&e(95007), b),
+            PageError::InvalidToken
+        ));
+        assert!(matches!(classify_page(&e(45009), b), PageError::Throttled));
+        assert!(matches!(classify_page(&e(-1), b), PageError::Transient(_)));
+        assert!(matches!(
+            classify_page(&CallResult::Transport("timeout".into()), b),
             PageError::Transient(_)
         ));
-        assert!(matches!(classify_page(&e(95000)), PageError::Permanent(_)));
-        assert!(matches!(classify_page(&e(40013)), PageError::Permanent(_)));
+        assert!(matches!(
+            classify_page(&e(95000), b),
+            PageError::Permanent(_)
+        ));
+        assert!(matches!(
+            classify_page(&e(40013), b),
+            PageError::Permanent(_)
+        ));
+        // A refused gettoken is not a stale access token to retry at once.
+        assert!(matches!(
+            classify_page(&e(40001), Api::GetToken),
+            PageError::Permanent(_)
+        ));
+        assert!(matches!(
+            classify_page(&e(40001), b),
+            PageError::Transient(_)
+        ));
     }
 }

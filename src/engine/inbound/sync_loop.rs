@@ -109,6 +109,23 @@ impl Schedule {
     }
 }
 
+/// Feed the retention alert with how a pull ended: caught up is a success; while another
+/// process holds the pull lock, its last committed page counts.
+async fn note_health(ctx: &SyncCtx, hub: &SyncHub, open_kfid: &str, outcome: &RunOutcome) {
+    let account = ctx.account.as_str();
+    let retention = hub.retention();
+    match outcome {
+        RunOutcome::CaughtUp { .. } => retention.synced(account, open_kfid, chrono::Utc::now()),
+        RunOutcome::LockBusy => {
+            if let Ok(Some(at)) = ctx.store.sync_last_committed(account, open_kfid).await {
+                retention.synced(account, open_kfid, at);
+            }
+        }
+        _ => {}
+    }
+    retention.check(account, open_kfid, chrono::Utc::now());
+}
+
 /// The sync loop of one `(account, open_kfid)`: pull at start, on every wake and every
 /// `sync.poll_interval_secs`, until `shutdown`.
 pub async fn run(
@@ -123,6 +140,17 @@ pub async fn run(
         anyhow::bail!("sync: no slot for account {account} open_kfid {open_kfid}");
     };
     let mut schedule = Schedule::new(&ctx.sync, &ctx.retry, Instant::now());
+    // The retention alert counts from the last page committed by anyone, or from now.
+    let committed = ctx
+        .store
+        .sync_last_committed(&account, &open_kfid)
+        .await
+        .unwrap_or_else(|e| {
+            warn!(account, open_kfid, error = %format!("{e:#}"), "could not read when the sync last committed; counting from now");
+            None
+        });
+    hub.retention()
+        .start(&account, &open_kfid, committed, chrono::Utc::now());
     // Pull at once on start: catch up with what arrived while no worker ran.
     let mut next: Option<Instant> = Some(Instant::now());
     info!(account, open_kfid, "sync loop started");
@@ -149,6 +177,7 @@ pub async fn run(
         if outcome == RunOutcome::Stopped {
             break;
         }
+        note_health(&ctx, &hub, &open_kfid, &outcome).await;
         let now = Instant::now();
         next = schedule
             .after(&outcome, now, &account, &open_kfid)

@@ -20,6 +20,7 @@
 //! - `process`: claim, allowance, gate, send with retries; `gates` (asking who serves) over
 //!   `gate_cache`; `pause`: the account pause ([`PauseGate`], over [`crate::policy::pause`]);
 //! - `recall`: a recall job's target check, platform call and mark, over `process`'s send loop;
+//!   `credentials`: the prober that ends a pause for credentials gettoken refused;
 //! - `finish`: record, dead-letter or park, then ack; `parked`: the conversations waiting
 //!   behind a parked job; `schedule`: holding a job until its `not_before`.
 //!
@@ -28,6 +29,7 @@
 //! is `finished_tx`/`finished_rx`.
 
 mod consumers;
+mod credentials;
 mod ctx;
 mod finish;
 mod gate_cache;

@@ -2,13 +2,17 @@
 //! transport failures) stops every job of the account, other accounts keep flowing. When the
 //! pause ends one job goes first as a probe; the rest wait for its verdict.
 //!
+//! gettoken refusing the account's credentials pauses it too, until the lane's credentials
+//! prober ([`super::credentials`]) gets a token: [`PauseGate::refused`] tells the consumer
+//! loop to take no new deliveries meanwhile.
+//!
 //! The decisions are [`crate::policy::pause`]'s; [`PauseGate`] holds its state under one
 //! lock, sleeps and wakes the waiting jobs, and logs and counts the pauses.
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
-use tracing::{info, warn};
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
 
 use crate::config::RetryConfig;
 use crate::policy::Action;
@@ -16,12 +20,17 @@ pub use crate::policy::pause::Probe;
 use crate::policy::pause::{Change, PauseSettings, PauseState, Wait};
 use crate::telemetry as t;
 
+/// The `reason` label of a pause for refused credentials (`wxdispatch_lane_pauses_total`).
+pub const PAUSE_CREDENTIALS: &str = "credentials_refused";
+
 /// One account's pause, shared by the lane's jobs.
 pub struct PauseGate {
     account: String,
     state: std::sync::Mutex<PauseState>,
     notify: Notify,
     settings: PauseSettings,
+    /// True while gettoken refuses the credentials (the consumer loop stops taking jobs).
+    refused: watch::Sender<bool>,
 }
 
 impl PauseGate {
@@ -36,7 +45,26 @@ impl PauseGate {
                 Duration::from_secs(retry.pause_max_secs),
                 retry.throttle_pause_secs.map(Duration::from_secs),
             ),
+            refused: watch::Sender::new(false),
         }
+    }
+
+    /// True while gettoken refuses the account's credentials.
+    pub fn refused(&self) -> watch::Receiver<bool> {
+        self.refused.subscribe()
+    }
+
+    /// gettoken refused the credentials with `code` (seen by the prober, or by a sync loop's
+    /// token request before any job saw it).
+    pub fn refuse(&self, code: i64) {
+        let change = self.lock().refuse(code);
+        self.announce(change);
+    }
+
+    /// gettoken accepts the credentials again: the jobs waiting go.
+    pub fn credentials_ok(&self) {
+        let change = self.lock().credentials_ok();
+        self.announce(change);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
@@ -88,7 +116,17 @@ impl PauseGate {
                 metrics::counter!(t::LANE_PAUSES, "account" => self.account.clone(), "reason" => why).increment(1);
                 warn!(account = %self.account, pause_secs = pause.as_secs_f64(), reason = why, "account lane paused");
             }
+            Change::Refused { code, first } => {
+                self.refused.send_replace(true);
+                if !first {
+                    return;
+                }
+                metrics::gauge!(t::LANE_PAUSED, "account" => self.account.clone()).set(1.0);
+                metrics::counter!(t::LANE_PAUSES, "account" => self.account.clone(), "reason" => PAUSE_CREDENTIALS).increment(1);
+                error!(account = %self.account, errcode = code, reason = PAUSE_CREDENTIALS, "account lane paused: gettoken refuses the credentials (check corpid, secret and the IP allow-list); its jobs stay queued until gettoken accepts them");
+            }
             Change::Resumed { was_paused: true } => {
+                self.refused.send_replace(false);
                 metrics::gauge!(t::LANE_PAUSED, "account" => self.account.clone()).set(0.0);
                 info!(account = %self.account, "account lane resumed");
             }

@@ -100,3 +100,34 @@ async fn a_released_probe_wakes_a_waiter_to_take_the_role() {
     let woke = tokio::time::timeout(Duration::from_secs(5), other).await;
     assert_eq!(woke.ok().and_then(Result::ok), Some(Probe(true)));
 }
+
+/// Jobs waiting while gettoken refuses the credentials stay waiting (however long) until the
+/// prober reports the credentials accepted; the consumer loop's watch follows.
+#[tokio::test]
+async fn refused_credentials_hold_the_waiting_jobs_until_accepted() {
+    let gate = Arc::new(instant_gate());
+    let mut refused = gate.refused();
+    gate.report(Probe(false), &Action::CredentialsRefused { code: 40001 });
+    assert!(*refused.borrow_and_update(), "the lane stops taking jobs");
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.wait().await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "nobody goes, not even as a probe, while refused"
+    );
+    gate.refuse(40001);
+    gate.credentials_ok();
+    for w in waiting {
+        let probe = tokio::time::timeout(Duration::from_secs(1), w)
+            .await
+            .expect("resumed")
+            .expect("joined");
+        assert_eq!(probe, Probe(false), "everyone goes at once");
+    }
+    assert!(!*refused.borrow_and_update(), "the lane takes jobs again");
+}

@@ -296,6 +296,13 @@ async fn send_with_retries(
                     .increment(1);
                 continue;
             }
+            // gettoken refused the account's credentials: the account is paused until the
+            // lane's prober gets a token (`super::credentials`); the job waits in the pause,
+            // and an attempt that never reached the API does not count.
+            Action::CredentialsRefused { .. } => {
+                attempts -= 1;
+                continue;
+            }
             Action::Retry { .. } | Action::RefreshToken => {}
         }
         match ctx

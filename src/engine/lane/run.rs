@@ -55,6 +55,9 @@ pub async fn run(
         return Ok(());
     };
     let refresher = spawn_broadcast_refresher(ctx.clone(), shutdown.clone());
+    let prober = tokio::spawn(super::credentials::run(ctx.clone(), shutdown.clone()));
+    // While gettoken refuses the credentials the lane takes no new deliveries either.
+    let mut refused = ctx.pause.refused();
     // Held writes learn of the shutdown through the lane's context (see `engine::hold`).
     let stopping = {
         let (sd, stop) = (shutdown.clone(), ctx.stopping.clone());
@@ -114,7 +117,9 @@ pub async fn run(
     // is the lane's active consumer. See [`on_activation`].
     let mut active = false;
     loop {
-        let db_up = *db.borrow_and_update() && *held.borrow_and_update() == 0;
+        let db_up = *db.borrow_and_update()
+            && *held.borrow_and_update() == 0
+            && !*refused.borrow_and_update();
         tokio::select! {
             biased;
             Some((key, requeued)) = finished_rx.recv() => {
@@ -153,6 +158,7 @@ pub async fn run(
                 }
             }
             _ = ctx.store.probe_until_up(), if !*db.borrow() => {}
+            Ok(()) = refused.changed() => {}
             d = cons.consumer.next(), if db_up => match d {
                 None | Some(Err(_)) => {
                     if let Some(Err(e)) = d {
@@ -217,6 +223,7 @@ pub async fn run(
     // returned by the close, and a conversation would then be sent out of order after a
     // restart.
     refresher.abort();
+    prober.abort();
     stopping.abort();
     ctx.stopping.cancel();
     cons.cancel(&tag).await;

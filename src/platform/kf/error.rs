@@ -77,6 +77,10 @@ fn class_of(api: Api, res: &CallResult) -> String {
             format!("throttled: wait at least {} s", min_pause.as_secs())
         }
         Action::HumanServing => "a human servicer holds the session".into(),
+        Action::CredentialsRefused { .. } => format!(
+            "{}: gettoken refused the credentials: check corpid, secret and the IP allow-list",
+            crate::domain::reason::Reason::ConfigError
+        ),
         Action::DeadLetter {
             reason,
             alert: true,

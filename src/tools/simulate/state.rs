@@ -94,6 +94,8 @@ pub struct SimState {
     pub(crate) cursor_epoch: AtomicU32,
     /// Cancelled when the server stops (releases requests held by timeout faults).
     pub(crate) shutdown: CancellationToken,
+    /// `voice_format` of the sync_msg requests received (`"0"`, `"1"`, `"absent"`) → count.
+    pub(crate) sync_voice_formats: Mutex<BTreeMap<String, u64>>,
 }
 
 impl SimState {
@@ -161,6 +163,7 @@ impl SimState {
             recalls: Mutex::new(RecallBook::default()),
             cursor_epoch: AtomicU32::new(rand::random()),
             shutdown: CancellationToken::new(),
+            sync_voice_formats: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -296,6 +299,9 @@ impl SimState {
             .position(|g| g.corpid == corpid && g.secret == secret)
             .ok_or(ApiErr::new(code::INVALID_SECRET))?;
         let mut book = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(refusal) = book.refusal(group) {
+            return Err(ApiErr::new(refusal));
+        }
         Ok(book.current_or_issue(group, self.token_ttl, Instant::now()))
     }
 
@@ -348,6 +354,35 @@ impl SimState {
     pub fn revoke_tokens(&self) {
         let mut book = self.tokens.write().unwrap_or_else(|e| e.into_inner());
         book.revoke_all();
+    }
+
+    /// `voice_format` of the sync_msg requests received: `"0"`, `"1"` or `"absent"` → count.
+    pub fn sync_voice_formats(&self) -> BTreeMap<String, u64> {
+        lock(&self.sync_voice_formats).clone()
+    }
+
+    /// From now on gettoken of `account`'s corp answers `errcode` (40001 wrong secret, 40013
+    /// bad corpid, 60020 IP not allowed, …) however it is asked; issued tokens stay valid.
+    /// False for an unknown or chatbot account.
+    pub fn refuse_gettoken(&self, account: &str, errcode: i64) -> bool {
+        self.set_gettoken_refusal(account, Some(errcode))
+    }
+
+    /// gettoken of `account`'s corp issues tokens again (the secret was fixed).
+    pub fn accept_gettoken(&self, account: &str) -> bool {
+        self.set_gettoken_refusal(account, None)
+    }
+
+    fn set_gettoken_refusal(&self, account: &str, errcode: Option<i64>) -> bool {
+        let Some(i) = self.warn_unknown("gettoken refusal", account) else {
+            return false;
+        };
+        let Some(group) = self.corps.iter().position(|g| g.accounts.contains(&i)) else {
+            return false;
+        };
+        let mut book = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        book.set_refusal(group, errcode);
+        true
     }
 
     /// gettoken calls naming `corpid` (successful or not).

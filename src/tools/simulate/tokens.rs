@@ -1,5 +1,10 @@
 //! WeCom access tokens as the simulator issues them: one current token per corp group while it
 //! is valid, expired tokens remembered for a while (42001) before they are forgotten (40014).
+//!
+//! A corp's gettoken can be made to refuse ([`TokenBook::set_refusal`]; tests use
+//! `SimState::refuse_gettoken`, as when its secret was reset in the console) and to accept
+//! again (`SimState::accept_gettoken`, the secret fixed). Tokens already issued stay valid
+//! meanwhile, as on the platform.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,6 +27,8 @@ pub(crate) struct TokenBook {
     by_token: HashMap<String, IssuedToken>,
     /// The token `gettoken` hands out per group while it is valid.
     current: HashMap<usize, String>,
+    /// Groups whose gettoken answers this errcode instead of a token.
+    refused: HashMap<usize, i64>,
 }
 
 /// What a presented access token is.
@@ -35,6 +42,19 @@ pub(crate) enum Lookup {
 }
 
 impl TokenBook {
+    /// The errcode gettoken answers for `group` while it refuses.
+    pub(crate) fn refusal(&self, group: usize) -> Option<i64> {
+        self.refused.get(&group).copied()
+    }
+
+    /// From now on gettoken of `group` answers `errcode` (`None`: issues tokens again).
+    pub(crate) fn set_refusal(&mut self, group: usize, errcode: Option<i64>) {
+        match errcode {
+            Some(c) => self.refused.insert(group, c),
+            None => self.refused.remove(&group),
+        };
+    }
+
     pub(crate) fn lookup(&self, token: &str, now: Instant) -> Lookup {
         match self.by_token.get(token) {
             None => Lookup::Unknown,

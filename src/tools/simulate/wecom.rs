@@ -1,7 +1,8 @@
 //! WeCom customer service (`/cgi-bin/…`).
 //!
 //! `gettoken` (`GET ?corpid=&corpsecret=`): missing corpid 41002, missing secret 41004, unknown
-//! corpid 40013, wrong secret 40001; calls are counted per corpid. While a corp's token is
+//! corpid 40013, wrong secret 40001; a corp made to refuse ([`SimState::refuse_gettoken`])
+//! answers its errcode until [`SimState::accept_gettoken`]; calls are counted per corpid. While a corp's token is
 //! valid the same token is returned with its remaining lifetime.
 //!
 //! Business APIs (`POST ?access_token=`, JSON body) check, in order: the token (missing 41001,
@@ -22,7 +23,8 @@
 //! * `sync_msg`: `token`, when given, a callback Token under 10 minutes old (95007); `limit`
 //!   1..=1000, absent or 0 meaning 1000 (else 40058); `open_kfid` optional when the token or
 //!   the corp names exactly one; `cursor` opaque (undecodable → 40058; one from before a
-//!   restart or `reset_conversations` reads from the start: duplicates, never losses).
+//!   restart or `reset_conversations` reads from the start: duplicates, never losses);
+//!   `voice_format` absent, 0 (AMR) or 1 (Silk), else 40058 (counted: `sync_voice_formats`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -445,6 +447,20 @@ fn decode_cursor(c: &str, epoch: u32) -> Result<Option<usize>, ApiErr> {
 
 fn sync_process(st: &SimState, a: &Authed<'_>) -> Result<Value, ApiErr> {
     let o = &a.body;
+    // voice_format: absent (the platform's default, AMR), 0 AMR or 1 Silk; counted for tests.
+    let voice = match o.get("voice_format") {
+        None => "absent".to_owned(),
+        Some(v) => match v.as_u64() {
+            Some(n @ (0 | 1)) => n.to_string(),
+            _ => {
+                return Err(ApiErr::hint(
+                    code::INVALID_PARAM,
+                    "voice_format must be 0 or 1",
+                ));
+            }
+        },
+    };
+    *lock(&st.sync_voice_formats).entry(voice).or_insert(0) += 1;
     let limit = match o.get("limit") {
         None | Some(Value::Null) => SYNC_LIMIT_MAX,
         Some(v) => match v.as_u64() {
