@@ -88,6 +88,16 @@ pub struct AccountConfig {
     /// us) signs every push: an unsigned push then never reaches decryption.
     #[serde(default)]
     pub require_push_signature: bool,
+    /// Publish this account's terminal outcomes to `wxdispatch.outcomes` (README "Outcome
+    /// events"). On by default; `false` writes no event rows at all (the hot path then skips
+    /// the outbox entirely).
+    #[serde(default = "outcomes_default")]
+    pub outcomes: bool,
+}
+
+/// Outcome events are on unless an account turns them off.
+fn outcomes_default() -> bool {
+    true
 }
 
 impl AccountConfig {

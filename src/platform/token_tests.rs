@@ -98,6 +98,7 @@ fn account() -> AccountConfig {
         encoding_aes_key: Secret::new(""),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        outcomes: true,
     }
 }
 

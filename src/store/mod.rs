@@ -5,7 +5,8 @@
 //! - [`batcher`]: the writer tasks that turn concurrent single-row writes into one statement;
 //! - [`deliveries`]: claims, outcomes, service states, dead-letter records, `status` reads;
 //! - [`tokens`]: the shared WeCom access tokens;
-//! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation.
+//! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation;
+//! - [`outbox`]: the outcome events waiting for the relay, and the jobs' reply routes.
 
 pub mod batcher;
 pub mod broadcasts;
@@ -14,6 +15,8 @@ pub mod dead_letters;
 pub mod deliveries;
 pub mod held;
 pub mod inbound;
+pub mod outbox;
+pub mod outbox_types;
 pub mod parked;
 pub mod pool;
 pub mod stats;
@@ -23,4 +26,5 @@ pub use batcher::BatchStats;
 pub use deliveries::{
     Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
 };
+pub use outbox_types::EventMeta;
 pub use pool::{Store, connect_pool, migrate};

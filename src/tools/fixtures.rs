@@ -56,6 +56,7 @@ pub fn chatbot_account(name: &str, base_url: &str, token: &str) -> AccountConfig
         encoding_aes_key: Secret::new(DEMO_AES_KEY),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        outcomes: true,
     }
 }
 
@@ -85,6 +86,7 @@ pub fn wecom_account(
         encoding_aes_key: Secret::default(),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        outcomes: true,
     }
 }
 

@@ -30,6 +30,7 @@ fn chatbot_push_fields() {
         encoding_aes_key: Default::default(),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        outcomes: true,
     };
     let m = chatbot_inbound(
         &a,

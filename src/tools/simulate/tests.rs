@@ -43,6 +43,7 @@ fn bot_account() -> AccountConfig {
         encoding_aes_key: Secret::new(KEY),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        outcomes: true,
     }
 }
 
@@ -64,6 +65,7 @@ fn kf_account() -> AccountConfig {
         encoding_aes_key: Secret::new(KEY),
         encoding_aes_key_file: None,
         require_push_signature: false,
+        outcomes: true,
     }
 }
 
