@@ -437,19 +437,15 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
     // The outcome events (README "Outcome events"): whether the row has one, and its fields
     // that the row does not hold.
     let mut evs = Vec::with_capacity(n);
-    let mut ev_cols: (
-        Vec<Option<&str>>,
-        Vec<Option<&str>>,
-        Vec<Option<&str>>,
-        Vec<Option<&str>>,
-    ) = Default::default();
+    // reason, errmsg, correlation_id, reply_to
+    let mut ev_cols: [Vec<Option<&str>>; 4] = Default::default();
     for o in keep.iter().map(|&i| &batch[i]) {
         evs.push(o.event.is_some());
         let e = o.event.as_ref();
-        ev_cols.0.push(e.and_then(|e| e.reason.as_deref()));
-        ev_cols.1.push(e.and_then(|e| e.errmsg.as_deref()));
-        ev_cols.2.push(e.and_then(|e| e.correlation_id.as_deref()));
-        ev_cols.3.push(e.and_then(|e| e.reply_to.as_deref()));
+        ev_cols[0].push(e.and_then(|e| e.reason.as_deref()));
+        ev_cols[1].push(e.and_then(|e| e.errmsg.as_deref()));
+        ev_cols[2].push(e.and_then(|e| e.correlation_id.as_deref()));
+        ev_cols[3].push(e.and_then(|e| e.reply_to.as_deref()));
         cols.0.push(&o.key.job_id);
         cols.1.push(&o.key.account);
         cols.2.push(o.key.channel);
@@ -543,10 +539,10 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
     .bind(&errors)
     .bind(&msgids)
     .bind(&evs)
-    .bind(&ev_cols.0)
-    .bind(&ev_cols.1)
-    .bind(&ev_cols.2)
-    .bind(&ev_cols.3)
+    .bind(&ev_cols[0])
+    .bind(&ev_cols[1])
+    .bind(&ev_cols[2])
+    .bind(&ev_cols[3])
     .execute(pool)
     .await
     .context("recording outcomes")?;

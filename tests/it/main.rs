@@ -18,6 +18,7 @@ mod inbound;
 mod inbound_nul;
 mod kf;
 mod ops;
+mod outcomes;
 mod platform_fixes;
 mod retry;
 mod text_secrets;
