@@ -229,7 +229,7 @@ async fn publish(relay: &Relay, e: &EventRow) -> anyhow::Result<()> {
     };
     let (main, ()) = tokio::join!(main, reply);
     main?;
-    metrics::counter!(t::OUTCOME_EVENTS, "account" => e.account.clone(), "status" => e.status.clone()).increment(1);
+    metrics::counter!(t::OUTCOME_EVENTS, "account" => e.account.clone(), "outcome" => e.status.clone()).increment(1);
     Ok(())
 }
 

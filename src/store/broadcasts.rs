@@ -102,6 +102,16 @@ impl Store {
         .execute(&self.pool)
         .await
         .context("creating broadcast deliveries")?;
+        if self.outcomes_on(rows.account) {
+            // rows created `cancelled` above get their events (README "Outcome events")
+            super::outbox::cancelled_at_fan_out(
+                &self.pool,
+                rows.account,
+                rows.broadcast_id,
+                rows.job_ids,
+            )
+            .await?;
+        }
         Ok(())
     }
 

@@ -234,3 +234,36 @@ pub(super) async fn cancelled_events(
     .context("writing the cancelled recipients' outcome events")?;
     Ok(())
 }
+
+/// The `cancelled` events of a fan-out chunk whose rows were created `cancelled` (the broadcast
+/// was cancelled while it fanned out). Costs one lookup of the broadcast's status otherwise.
+/// A fan-out repeated after a crash may write them again: same message_id.
+pub(super) async fn cancelled_at_fan_out(
+    pool: &PgPool,
+    account: &str,
+    broadcast_id: &str,
+    job_ids: &[String],
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO outcome_events (account, job_id, status, channel, kind, recipient, errmsg,
+                                     attempts, broadcast_id, correlation_id, reply_to)
+         SELECT d.account, d.job_id, 'cancelled', d.channel, d.kind, d.recipient,
+                'broadcast cancelled', d.attempts, d.broadcast_id, r.correlation_id, r.reply_to
+         FROM deliveries d
+         LEFT JOIN outcome_routes r ON r.account = d.account AND r.job_id = d.broadcast_id
+         WHERE EXISTS (SELECT 1 FROM broadcasts b
+                       WHERE b.id = $2 AND b.account = $1 AND b.status = 'cancelled')
+           AND d.account = $1 AND d.job_id = ANY($3) AND d.status = 'cancelled'
+           AND d.broadcast_id = $2
+           AND NOT EXISTS (SELECT 1 FROM outcome_events e
+                           WHERE e.account = d.account AND e.job_id = d.job_id
+                             AND e.status = 'cancelled')",
+    )
+    .bind(account)
+    .bind(broadcast_id)
+    .bind(job_ids)
+    .execute(pool)
+    .await
+    .context("writing the outcome events of recipients created cancelled")?;
+    Ok(())
+}
