@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use wxdispatch::broker;
@@ -48,47 +47,15 @@ impl Tap {
     async fn new(env: &Env, binding: &str) -> Self {
         let ch = env.conn.create_channel().await.unwrap();
         broker::declare_outcomes(&ch).await.unwrap();
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let name = q.name().to_string();
-        ch.queue_bind(
-            name.as_str().into(),
-            broker::OUTCOMES.into(),
-            binding.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        let (ch, name) = crate::harness::bound_queue(env, broker::OUTCOMES, binding).await;
         Self::consume(ch, &name).await
     }
 
     async fn consume(ch: lapin::Channel, queue: &str) -> Self {
-        let mut consumer = ch
-            .basic_consume(
-                queue.into(),
-                "outcomes-tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut deliveries = crate::harness::forward_deliveries(&ch, queue).await;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
+            while let Some(d) = deliveries.recv().await {
                 let body = serde_json::from_slice(&d.data).unwrap_or(Value::Null);
                 let got = Got {
                     key: d.routing_key.to_string(),
