@@ -82,6 +82,14 @@ pub fn body(e: &EventRow) -> Value {
     Value::Object(o)
 }
 
+/// Where the copy of an event for `reply_to` goes (a queue name through the default
+/// exchange, `amq.rabbitmq.reply-to.…` included), or `None`: empty, or one of wxdispatch's own
+/// queues (`wxdispatch.…`: a producer must not make the relay publish into a lane, the dead
+/// letters or a delay tier).
+pub fn reply_route(reply_to: &str) -> Option<&str> {
+    (!reply_to.is_empty() && !reply_to.starts_with("wxdispatch")).then_some(reply_to)
+}
+
 /// The event's AMQP properties: JSON, its [`message_id`], the job's `correlation_id`, the
 /// outcome's time.
 fn properties(e: &EventRow) -> BasicProperties {
@@ -211,7 +219,10 @@ async fn publish(relay: &Relay, e: &EventRow) -> anyhow::Result<()> {
         .publisher
         .publish(OUTCOMES, &key, &bytes, props.clone());
     let reply = async {
-        let Some(to) = e.reply_to.as_deref().filter(|s| !s.is_empty()) else {
+        let Some(to) = e.reply_to.as_deref().and_then(reply_route) else {
+            if e.reply_to.as_deref().is_some_and(|s| !s.is_empty()) {
+                warn!(account = %e.account, job.id = %e.job_id, "reply_to names a wxdispatch queue; the event is not copied there");
+            }
             return;
         };
         let sent = tokio::time::timeout(
@@ -298,6 +309,18 @@ mod tests {
         assert_eq!(b["sent"], 3);
         // Detail never overwrites a field of the event itself.
         assert_eq!(b["status"], "dead");
+    }
+
+    #[test]
+    fn reply_to_never_routes_into_wxdispatch_queues() {
+        assert_eq!(reply_route("crm.replies"), Some("crm.replies"));
+        assert_eq!(
+            reply_route("amq.rabbitmq.reply-to.g1h2AA"),
+            Some("amq.rabbitmq.reply-to.g1h2AA")
+        );
+        assert_eq!(reply_route(""), None);
+        assert_eq!(reply_route("wxdispatch.support"), None);
+        assert_eq!(reply_route("wxdispatch.dead"), None);
     }
 
     #[test]
