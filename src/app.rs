@@ -88,6 +88,11 @@ impl Worker {
         // What the broker dead-letters itself (delivery limit) is recorded too.
         let (c, b, st, sd) = (cfg.clone(), broker.clone(), store.clone(), shutdown.clone());
         tasks.spawn(crate::engine::dead_recorder::run(c, b, st, sd));
+        // Outcome events: the relay publishes the outbox to wxdispatch.outcomes.
+        tasks.spawn(
+            crate::engine::outcomes::spawn(cfg.clone(), store.clone(), &broker, shutdown.clone())
+                .await?,
+        );
         if let Some(handle) = metrics {
             tasks.spawn(metrics_upkeep(handle, shutdown.clone()));
         }

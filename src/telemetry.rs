@@ -37,6 +37,12 @@ pub const HELD_BYTES: &str = "wxdispatch_held_bytes";
 pub const WRITES_HELD: &str = "wxdispatch_outcome_writes_held";
 pub const SYNC_STALE: &str = "wxdispatch_sync_stale_seconds";
 pub const SYNC_RETENTION_RISK: &str = "wxdispatch_sync_retention_risk";
+/// Outcome events published to `wxdispatch.outcomes` (confirmed), by account and status.
+pub const OUTCOME_EVENTS: &str = "wxdispatch_outcome_events_published_total";
+/// Outcome events recorded but not yet published (rows in `outcome_events`).
+pub const OUTCOME_BACKLOG: &str = "wxdispatch_outcome_events_backlog";
+/// Copies of outcome events to a job's `reply_to` that the broker refused (not retried).
+pub const OUTCOME_REPLY_FAILURES: &str = "wxdispatch_outcome_reply_failures_total";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -58,6 +64,18 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(JOBS_CONSUMED, "Jobs taken from the lanes");
+    describe_counter!(
+        OUTCOME_EVENTS,
+        "Outcome events published to wxdispatch.outcomes (confirmed)"
+    );
+    describe_gauge!(
+        OUTCOME_BACKLOG,
+        "Outcome events recorded and not yet published"
+    );
+    describe_counter!(
+        OUTCOME_REPLY_FAILURES,
+        "Outcome event copies to a job's reply_to that failed (dropped, not retried)"
+    );
     describe_gauge!(
         WRITES_HELD,
         "Writes the database refused, held and retried (lanes take no new jobs meanwhile)"

@@ -82,6 +82,7 @@ impl Broker {
     ) -> anyhow::Result<Arc<Self>> {
         let conn = connect(&cfg.broker.url, name).await?;
         declare_topology(&conn, &cfg).await?;
+        super::outcomes::declare_outcomes(&conn.create_channel().await?).await?;
         let broker = Arc::new(Self {
             url: cfg.broker.url.expose().to_owned(),
             name: name.to_owned(),

@@ -4,6 +4,7 @@
 pub mod acks;
 pub mod connection;
 pub mod headers;
+pub mod outcomes;
 pub mod publisher;
 pub mod topology;
 
@@ -12,6 +13,7 @@ pub use headers::{
     DeadHeaders, H_ACCOUNT, H_ATTEMPTS, H_ERRCODE, H_ERRMSG, H_OPEN_KFID, H_PARKS, H_PUBLISHED_MS,
     H_REASON, header_str,
 };
+pub use outcomes::{OUTCOMES, declare_outcomes, outcome_routing_key};
 pub use publisher::Publisher;
 pub use topology::{
     DEAD, DEAD_RECORDER, EXCHANGE, INBOUND, UNROUTABLE, bulk_queue, declare_topology, lane_queue,

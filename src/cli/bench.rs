@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// The worker's CPU and RSS figures are then the wrapper's and not comparable.
     #[arg(long)]
     pub worker_wrapper: Option<String>,
+    /// Outcome events on the bench accounts (`--outcomes false` turns them off): compare the
+    /// drain with and without the outbox and its relay.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub outcomes: bool,
 }
 
 impl From<BenchArgs> for BenchOptions {
@@ -86,6 +90,7 @@ impl From<BenchArgs> for BenchOptions {
             concurrency: a.concurrency,
             keep: a.keep,
             worker_wrapper: a.worker_wrapper,
+            outcomes: a.outcomes,
         }
     }
 }

@@ -94,6 +94,16 @@ pub struct AccountConfig {
     /// is the only answer the user gets, and `personserving` is gated either way.
     #[serde(default)]
     pub gate_needperson: bool,
+    /// Publish this account's terminal outcomes to `wxdispatch.outcomes` (README "Outcome
+    /// events"). On by default; `false` writes no event rows at all (the hot path then skips
+    /// the outbox entirely).
+    #[serde(default = "outcomes_default")]
+    pub outcomes: bool,
+}
+
+/// Outcome events are on unless an account turns them off.
+fn outcomes_default() -> bool {
+    true
 }
 
 impl AccountConfig {

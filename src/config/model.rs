@@ -17,6 +17,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub retry: RetryConfig,
     pub sync: SyncConfig,
+    /// The outcome events' relay (README "Outcome events").
+    pub outcomes: OutcomesConfig,
     #[serde(rename = "account")]
     pub accounts: Vec<AccountConfig>,
 }
@@ -355,5 +357,32 @@ mod http_tests {
             ..HttpConfig::default()
         };
         assert!(c.validate().is_ok());
+    }
+}
+
+/// `[outcomes]`: the relay that publishes the outbox (`outcome_events`) to
+/// `wxdispatch.outcomes`. Which accounts have events is each `[[account]]`'s `outcomes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutcomesConfig {
+    /// Run the relay in this worker. Turn it off only where another process relays the same
+    /// database: events are still written (and wait in `outcome_events`) either way.
+    pub relay: bool,
+    /// Events published (and deleted) per relay round: one `SELECT … FOR UPDATE SKIP
+    /// LOCKED`, that many confirmed publishes in flight, one `DELETE`. 1..=10000.
+    pub batch: u32,
+    /// How often an idle relay looks for events written by other processes (the lanes of its
+    /// own process wake it at once). Bounds the delay of a `failed` / `cancelled` event written
+    /// elsewhere, and of everything after a relay restarts.
+    pub poll_ms: u64,
+}
+
+impl Default for OutcomesConfig {
+    fn default() -> Self {
+        Self {
+            relay: true,
+            batch: 500,
+            poll_ms: 500,
+        }
     }
 }

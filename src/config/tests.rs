@@ -330,3 +330,21 @@ fn sync_voice_format_defaults_to_amr_and_takes_silk() {
     let e = Config::from_toml_with_env(&base(), &env).unwrap_err();
     assert!(format!("{e:#}").contains("voice_format"), "{e:#}");
 }
+
+#[test]
+fn outcome_events_are_on_by_default_and_switch_per_account() {
+    let c = Config::from_toml_with_env(&base(), &[]).unwrap();
+    assert!(c.accounts.iter().all(|a| a.outcomes));
+    assert!(c.outcomes.relay);
+    let env = vec![
+        ("WXDISPATCH__ACCOUNT__KF__OUTCOMES".into(), "false".into()),
+        ("WXDISPATCH__OUTCOMES__RELAY".into(), "false".into()),
+    ];
+    let c = Config::from_toml_with_env(&base(), &env).unwrap();
+    assert!(c.accounts[0].outcomes);
+    assert!(!c.accounts[1].outcomes);
+    assert!(!c.outcomes.relay);
+    let bad = format!("{}\n[outcomes]\nbatch = 0\n", base());
+    let err = Config::from_toml_with_env(&bad, &[]).unwrap_err();
+    assert!(format!("{err:#}").contains("outcomes.batch"), "{err:#}");
+}

@@ -46,6 +46,12 @@ impl Config {
         if self.retry.tiers_secs.is_empty() || self.retry.tiers_secs.contains(&0) {
             bail!("retry.tiers_secs: needs at least one tier, each > 0 seconds");
         }
+        if self.outcomes.batch == 0 || self.outcomes.batch > 10_000 {
+            bail!("outcomes.batch: must be 1..=10000");
+        }
+        if self.outcomes.poll_ms == 0 {
+            bail!("outcomes.poll_ms: must be at least 1");
+        }
         if self.sync.page_limit == 0 || self.sync.page_limit > 1000 {
             bail!("sync.page_limit: must be 1..=1000");
         }

@@ -160,6 +160,8 @@ pub async fn progress(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<
 /// lane's owner does this every few seconds), close finished ones, and publish how many
 /// recipients are pending as a gauge.
 pub async fn refresh(store: &Store, account: &str) -> anyhow::Result<()> {
+    // Completion events first (README "Outcome events"): the refresh below closes them.
+    store.broadcast_completions(account).await?;
     let pending = store.refresh_broadcasts(account).await?;
     metrics::gauge!(crate::telemetry::BROADCAST_PENDING, "account" => account.to_owned())
         .set(pending as f64);

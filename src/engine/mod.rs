@@ -8,4 +8,5 @@ pub mod dead_recorder;
 pub mod hold;
 pub mod inbound;
 pub mod lane;
+pub mod outcomes;
 pub mod unroutable;

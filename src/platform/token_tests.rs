@@ -99,6 +99,7 @@ fn account() -> AccountConfig {
         encoding_aes_key_file: None,
         require_push_signature: false,
         gate_needperson: false,
+        outcomes: true,
     }
 }
 

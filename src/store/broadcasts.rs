@@ -102,6 +102,16 @@ impl Store {
         .execute(&self.pool)
         .await
         .context("creating broadcast deliveries")?;
+        if self.outcomes_on(rows.account) {
+            // rows created `cancelled` above get their events (README "Outcome events")
+            super::outbox::cancelled_at_fan_out(
+                &self.pool,
+                rows.account,
+                rows.broadcast_id,
+                rows.job_ids,
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -143,7 +153,7 @@ impl Store {
 
     /// [`cancel`] a broadcast.
     pub async fn cancel_broadcast(&self, account: &str, id: &str) -> anyhow::Result<u64> {
-        cancel(&self.pool, account, id).await
+        cancel_with_events(&self.pool, account, id, self.outcomes_on(account)).await
     }
 }
 
@@ -253,6 +263,17 @@ pub async fn refresh(pool: &PgPool, account: &str) -> anyhow::Result<i64> {
 /// Cancel `account`'s broadcast `id`: recipients not yet sent end `cancelled`. Returns how
 /// many.
 pub async fn cancel(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<u64> {
+    cancel_with_events(pool, account, id, true).await
+}
+
+/// [`cancel`], writing the `cancelled` outcome events of the recipients it ends when
+/// `events` (the account's `outcomes`).
+pub async fn cancel_with_events(
+    pool: &PgPool,
+    account: &str,
+    id: &str,
+    events: bool,
+) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let found = sqlx::query(
         "UPDATE broadcasts SET status = 'cancelled', updated_at = now()
@@ -273,6 +294,11 @@ pub async fn cancel(pool: &PgPool, account: &str, id: &str) -> anyhow::Result<u6
         .await?;
         anyhow::ensure!(exists, "no broadcast with id '{id}' on account '{account}'");
         anyhow::bail!("broadcast '{id}' of account '{account}' has already finished");
+    }
+    if events {
+        // The outcome events of the recipients the next statement ends, in the same
+        // transaction; the rows stay locked until it commits, so the two see the same set.
+        super::outbox::cancelled_events(&mut tx, account, id).await?;
     }
     // Jobs in flight at this moment may still be sent: their outcome overwrites `cancelled`.
     let n = sqlx::query(

@@ -117,6 +117,10 @@ pub struct Outcome {
     pub errcode: Option<i64>,
     pub error: Option<String>,
     pub platform_msgid: Option<String>,
+    /// The outcome event to write with the row, in the same statement (`None`: the account
+    /// has `outcomes = false`). Only a row the statement changes gets its event: a duplicate
+    /// outcome of a row already `sent` writes none.
+    pub event: Option<super::outbox_types::EventMeta>,
 }
 
 /// A dead letter to remember for `dlq list` / `dlq replay`.
@@ -417,7 +421,7 @@ pub(super) async fn state_batch(
 }
 
 /// Record a batch of outcomes in one statement. Long for the same reason as [`claim_batch`]:
-/// twelve column arrays and the statement that takes them.
+/// seventeen column arrays and the statement that takes them.
 pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::Result<Vec<()>> {
     // One row per job (account and job id) per statement: the last outcome in the batch wins.
     let n = batch.len();
@@ -437,7 +441,18 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
     let mut errcodes = Vec::with_capacity(n);
     let mut errors = Vec::with_capacity(n);
     let mut msgids = Vec::with_capacity(n);
+    // The outcome events (README "Outcome events"): whether the row has one, and its fields
+    // that the row does not hold.
+    let mut evs = Vec::with_capacity(n);
+    // reason, errmsg, correlation_id, reply_to
+    let mut ev_cols: [Vec<Option<&str>>; 4] = Default::default();
     for o in keep.iter().map(|&i| &batch[i]) {
+        evs.push(o.event.is_some());
+        let e = o.event.as_ref();
+        ev_cols[0].push(e.and_then(|e| e.reason.as_deref()));
+        ev_cols[1].push(e.and_then(|e| e.errmsg.as_deref()));
+        ev_cols[2].push(e.and_then(|e| e.correlation_id.as_deref()));
+        ev_cols[3].push(e.and_then(|e| e.reply_to.as_deref()));
         cols.0.push(&o.key.job_id);
         cols.1.push(&o.key.account);
         cols.2.push(o.key.channel);
@@ -456,9 +471,11 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
     sqlx::query(
         "WITH input AS (
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                                  $8::text[], $9::int[], $10::bigint[], $11::text[], $12::text[])
+                                  $8::text[], $9::int[], $10::bigint[], $11::text[], $12::text[],
+                                  $13::bool[], $14::text[], $15::text[], $16::text[], $17::text[])
                  AS t(job_id, account, channel, kind, recipient, open_kfid, broadcast_id,
-                      status, attempts, errcode, error, platform_msgid)
+                      status, attempts, errcode, error, platform_msgid,
+                      ev, ev_reason, ev_errmsg, ev_correlation_id, ev_reply_to)
          ), up AS (
              INSERT INTO deliveries AS d (job_id, account, channel, kind, recipient, open_kfid, broadcast_id,
                                           status, attempts, errcode, error, platform_msgid, sent_at)
@@ -475,7 +492,30 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
                  sent_at = COALESCE(excluded.sent_at, d.sent_at),
                  updated_at = now()
              WHERE d.status NOT IN ('sent', 'failed')
-             RETURNING d.job_id, d.account
+             RETURNING d.job_id, d.account, d.channel, d.kind, d.recipient, d.attempts,
+                       d.platform_msgid, d.broadcast_id
+         ), events AS (
+             -- the outbox (README, Outcome events): committed with the row or not at all.
+             -- A broadcast recipient carries its broadcast's correlation_id and reply_to.
+             INSERT INTO outcome_events (account, job_id, status, channel, kind, recipient, reason,
+                                         errcode, errmsg, attempts, platform_msgid, broadcast_id,
+                                         correlation_id, reply_to)
+             SELECT i.account, i.job_id, i.status, up.channel, up.kind, up.recipient, i.ev_reason,
+                    i.errcode, i.ev_errmsg, up.attempts, up.platform_msgid, up.broadcast_id,
+                    COALESCE(i.ev_correlation_id, r.correlation_id), COALESCE(i.ev_reply_to, r.reply_to)
+             FROM input i JOIN up USING (job_id, account)
+             LEFT JOIN outcome_routes r ON r.account = up.account AND r.job_id = up.broadcast_id
+             WHERE i.ev AND i.status <> 'retrying'
+             RETURNING 1
+         ), routes AS (
+             -- a sent WeCom job may still fail (msg_send_fail): its `failed` event needs these
+             INSERT INTO outcome_routes (account, job_id, correlation_id, reply_to)
+             SELECT i.account, i.job_id, i.ev_correlation_id, i.ev_reply_to
+             FROM input i JOIN up USING (job_id, account)
+             WHERE i.ev AND i.status = 'sent' AND i.channel = 'wecom'
+               AND (i.ev_correlation_id IS NOT NULL OR i.ev_reply_to IS NOT NULL)
+             ON CONFLICT (job_id, account) DO NOTHING
+             RETURNING 1
          ), ledger AS (
              -- the WeCom allowance: messages sent since the customer's last message
              UPDATE conversations c SET sent_since_customer = c.sent_since_customer + x.n
@@ -505,6 +545,11 @@ pub(super) async fn outcome_batch(pool: &PgPool, batch: &[Outcome]) -> anyhow::R
     .bind(&errcodes)
     .bind(&errors)
     .bind(&msgids)
+    .bind(&evs)
+    .bind(&ev_cols[0])
+    .bind(&ev_cols[1])
+    .bind(&ev_cols[2])
+    .bind(&ev_cols[3])
     .execute(pool)
     .await
     .context("recording outcomes")?;

@@ -577,7 +577,22 @@ async fn apply_effects(
                     "WITH up AS (
                          UPDATE deliveries SET status = 'failed', error = $3, updated_at = now()
                          WHERE job_id = $2 AND account = $1 AND platform_msgid = $2 AND status = 'sent'
-                         RETURNING job_id, account, attempts
+                         RETURNING job_id, account, attempts, channel, kind, recipient,
+                                   platform_msgid, broadcast_id
+                     ), outcome AS (
+                         -- its outcome event (README, Outcome events), with the job's
+                         -- correlation_id and reply_to if it had them; dropped unpublished by
+                         -- the relay for an account with `outcomes = false`
+                         INSERT INTO outcome_events (account, job_id, status, channel, kind, recipient,
+                                                     reason, errmsg, attempts, platform_msgid,
+                                                     broadcast_id, correlation_id, reply_to)
+                         SELECT u.account, u.job_id, 'failed', u.channel, u.kind, u.recipient,
+                                'msg_send_fail', $3, u.attempts, u.platform_msgid, u.broadcast_id,
+                                COALESCE(r.correlation_id, b.correlation_id), COALESCE(r.reply_to, b.reply_to)
+                         FROM up u
+                         LEFT JOIN outcome_routes r ON r.account = u.account AND r.job_id = u.job_id
+                         LEFT JOIN outcome_routes b ON b.account = u.account AND b.job_id = u.broadcast_id
+                         RETURNING 1
                      )
                      INSERT INTO delivery_events (job_id, account, status, attempts, error)
                      SELECT job_id, account, 'failed', attempts, $3 FROM up

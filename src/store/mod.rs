@@ -7,7 +7,8 @@
 //! - [`tokens`]: the shared WeCom access tokens;
 //! - [`sync_health`]: when each open_kfid last synced (the sync retention alert);
 //! - [`broadcasts`]: broadcast rows, their fan-out deliveries, progress and cancellation;
-//! - [`recall`]: a recall's target row, marking it recalled.
+//! - [`recall`]: a recall's target row, marking it recalled;
+//! - [`outbox`]: the outcome events waiting for the relay, and the jobs' reply routes.
 
 pub mod batcher;
 pub mod broadcasts;
@@ -16,6 +17,8 @@ pub mod dead_letters;
 pub mod deliveries;
 pub mod held;
 pub mod inbound;
+pub mod outbox;
+pub mod outbox_types;
 pub mod parked;
 pub mod pool;
 pub mod recall;
@@ -27,5 +30,6 @@ pub use batcher::BatchStats;
 pub use deliveries::{
     Claim, ConvState, DeadLetter, Delivery, DeliveryEvent, DeliveryKey, Outcome, Status,
 };
+pub use outbox_types::EventMeta;
 pub use pool::{Store, connect_pool, migrate};
 pub use recall::{RecallMark, RecallTargetRow};

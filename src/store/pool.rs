@@ -81,6 +81,8 @@ pub struct Store {
     pub stats: Arc<BatchStats>,
     /// `worker.dead_letter_body_bytes`: the longest body a dead letter's row keeps whole.
     pub(super) dead_letter_body_bytes: usize,
+    /// The outcome events' outbox: the relay's wake-up and the accounts without events.
+    pub(super) outbox: Arc<super::outbox_types::OutboxState>,
 }
 
 /// True when `e` means "the database cannot be reached right now" (as opposed to a statement
@@ -261,6 +263,13 @@ impl Store {
         migrate(&pool).await?;
         let mut store = Self::with_pool(pool, config.database.batch_max);
         store.dead_letter_body_bytes = config.worker.dead_letter_body_bytes;
+        store.outbox = super::outbox_types::OutboxState::new(
+            config
+                .accounts
+                .iter()
+                .filter(|a| !a.outcomes)
+                .map(|a| a.name.clone()),
+        );
         Ok(store)
     }
 
@@ -296,6 +305,7 @@ impl Store {
             held: Arc::default(),
             stats,
             dead_letter_body_bytes: crate::config::WorkerConfig::default().dead_letter_body_bytes,
+            outbox: super::outbox_types::OutboxState::new([]),
         }
     }
 
@@ -365,7 +375,12 @@ impl Store {
 
     /// Record an outcome; returns once it is committed.
     pub async fn record(&self, outcome: Outcome) -> anyhow::Result<()> {
-        self.outcomes.call(outcome).await
+        let event = outcome.event.is_some();
+        self.outcomes.call(outcome).await?;
+        if event {
+            self.outbox_wake();
+        }
+        Ok(())
     }
 
     /// Remember a dead letter (waits out a database outage like the batched writes).

@@ -57,6 +57,7 @@ pub fn chatbot_account(name: &str, base_url: &str, token: &str) -> AccountConfig
         encoding_aes_key_file: None,
         require_push_signature: false,
         gate_needperson: false,
+        outcomes: true,
     }
 }
 
@@ -87,6 +88,7 @@ pub fn wecom_account(
         encoding_aes_key_file: None,
         require_push_signature: false,
         gate_needperson: false,
+        outcomes: true,
     }
 }
 

@@ -340,3 +340,61 @@ impl Env {
         }
     }
 }
+
+/// A channel and an exclusive, auto-deleted queue on it bound to `exchange` with `binding`
+/// (for tests that watch what the worker publishes to an exchange).
+pub async fn bound_queue(env: &Env, exchange: &str, binding: &str) -> (lapin::Channel, String) {
+    let ch = env.conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let name = q.name().to_string();
+    ch.queue_bind(
+        name.as_str().into(),
+        exchange.into(),
+        binding.into(),
+        lapin::options::QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    (ch, name)
+}
+
+/// Consume `queue` on `ch` (no ack) in the background; every delivery is sent to the receiver.
+pub async fn forward_deliveries(
+    ch: &lapin::Channel,
+    queue: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery> {
+    use futures::StreamExt;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "test-tap".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            if tx.send(d).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -4,9 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use sqlx::Row;
 use wxdispatch::broker;
@@ -28,44 +25,11 @@ pub(crate) struct InboundTap {
 
 impl InboundTap {
     pub(crate) async fn new(env: &Env) -> Self {
-        let ch = env.conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let name = q.name().to_string();
-        ch.queue_bind(
-            name.as_str().into(),
-            broker::INBOUND.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                name.as_str().into(),
-                "inbound-tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (ch, name) = crate::harness::bound_queue(env, broker::INBOUND, "#").await;
+        let mut deliveries = crate::harness::forward_deliveries(&ch, &name).await;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(Ok(d)) = consumer.next().await {
+            while let Some(d) = deliveries.recv().await {
                 let id = d
                     .properties
                     .message_id()

@@ -19,6 +19,7 @@ mod inbound;
 mod inbound_nul;
 mod kf;
 mod ops;
+mod outcomes;
 mod platform_fixes;
 mod recall;
 mod retry;

@@ -59,7 +59,35 @@ fn delivery_row(
         errcode: row.errcode,
         error: row.error,
         platform_msgid: row.msgid,
+        event: None,
     }
+}
+
+/// The outcome event of a terminal `outcome` (README "Outcome events"): its reason and
+/// message apart, and the delivery's `correlation_id` and `reply_to`; `None` when the account
+/// has `outcomes = false`.
+fn event_meta(
+    ctx: &LaneCtx,
+    delivery: &Delivery,
+    outcome: &Outcome,
+) -> Option<crate::store::EventMeta> {
+    if !ctx.account.outcomes {
+        return None;
+    }
+    let (reason, errmsg) = match outcome {
+        Outcome::Dead { reason, errmsg, .. } => (Some(reason.clone()), errmsg.clone()),
+        Outcome::Suppressed { .. } | Outcome::Expired { .. } => {
+            (None, outcome.row().and_then(|r| r.error))
+        }
+        _ => (None, None),
+    };
+    let p = &delivery.properties;
+    Some(crate::store::EventMeta {
+        reason,
+        errmsg,
+        correlation_id: p.correlation_id().as_ref().map(|s| s.to_string()),
+        reply_to: p.reply_to().as_ref().map(|s| s.to_string()),
+    })
 }
 
 /// Record the outcome (holding it while the database refuses it), then ack.
@@ -121,7 +149,8 @@ pub(super) async fn finish(
     let Some(row) = outcome.row() else {
         return settle_after_record(ctx, delivery, acks, job).await;
     };
-    let row = delivery_row(ctx, job, job_id, row);
+    let mut row = delivery_row(ctx, job, job_id, row);
+    row.event = event_meta(ctx, delivery, &outcome);
     let status = row.status;
     if let Err(e) = ctx.store.record(row.clone()).await {
         let id = row.key.job_id.clone();

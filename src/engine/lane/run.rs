@@ -340,7 +340,17 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
             // A scheduled broadcast waits as one message and fans out once due.
             JobKind::Broadcast { .. } => match schedule::hold(&ctx, &job, 0, parks).await {
                 Some(o) => o,
-                None => Box::pin(fan_out(&ctx, &job, &p.delivery.data)).await,
+                None => {
+                    // Its recipients' outcome events carry the broadcast's correlation_id and
+                    // reply_to (README "Outcome events"): remembered before any recipient runs.
+                    if let Err(e) = remember_route(&ctx, &job.job_id, &p.delivery.properties).await
+                    {
+                        return Outcome::Requeue {
+                            why: format!("remembering the broadcast's reply route: {e:#}"),
+                        };
+                    }
+                    Box::pin(fan_out(&ctx, &job, &p.delivery.data)).await
+                }
             },
             _ => process(&ctx, &job, parks, p.bulk).await,
         }
@@ -379,6 +389,23 @@ async fn handle(ctx: Arc<LaneCtx>, p: Pending) {
     .instrument(span)
     .await;
     ctx.m.inflight.decrement(1.0);
+}
+
+/// Store a broadcast job's `correlation_id` / `reply_to` for its outcome events (nothing
+/// when it has neither, or the account has `outcomes = false`).
+async fn remember_route(
+    ctx: &LaneCtx,
+    job_id: &str,
+    props: &BasicProperties,
+) -> anyhow::Result<()> {
+    if !ctx.account.outcomes {
+        return Ok(());
+    }
+    let corr = props.correlation_id().as_ref().map(|s| s.as_str());
+    let reply = props.reply_to().as_ref().map(|s| s.as_str());
+    ctx.store
+        .remember_outcome_route(&ctx.account.name, job_id, corr, reply)
+        .await
 }
 
 /// Publish time: header `x-wxdispatch-published-ms` (set by the benchmark) or the AMQP

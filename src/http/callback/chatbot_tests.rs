@@ -31,6 +31,7 @@ fn chatbot_push_fields() {
         encoding_aes_key_file: None,
         require_push_signature: false,
         gate_needperson: false,
+        outcomes: true,
     };
     let m = chatbot_inbound(
         &a,

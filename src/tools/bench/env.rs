@@ -32,6 +32,8 @@ pub(super) struct Base {
     pub(super) batch_max: usize,
     pub(super) exe: PathBuf,
     pub(super) worker_wrapper: Option<String>,
+    /// `outcomes` of the bench accounts ([`BenchOptions::outcomes`]).
+    pub(super) outcomes: bool,
 }
 
 impl Base {
@@ -50,6 +52,7 @@ impl Base {
             batch_max: cfg.database.batch_max,
             exe: std::env::current_exe().context("locating the wxdispatch binary")?,
             worker_wrapper: opts.worker_wrapper.clone().filter(|w| !w.trim().is_empty()),
+            outcomes: opts.outcomes,
         })
     }
 

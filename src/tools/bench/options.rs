@@ -78,6 +78,9 @@ pub struct BenchOptions {
     /// Start the worker under this command, for profiling (split at whitespace); the
     /// worker's CPU and RSS figures are then the wrapper's and not comparable.
     pub worker_wrapper: Option<String>,
+    /// Outcome events on every bench account (`outcomes`; README "Outcome events"): on
+    /// against off shows what the outbox and its relay cost a drain.
+    pub outcomes: bool,
 }
 
 impl BenchOptions {

@@ -429,6 +429,8 @@ fn render_config(
     channel: Channel,
     rate: Option<(u32, u32)>,
 ) -> anyhow::Result<String> {
+    let mut account = account_for(channel, sim_base, rate);
+    account["outcomes"] = json!(base.outcomes);
     let doc = json!({
         "broker": {
             "url": format!("{}/{name}", base.amqp_root),
@@ -448,7 +450,7 @@ fn render_config(
             "concurrency": base.concurrency,
             "shutdown_grace_secs": WORKER_GRACE_SECS,
         },
-        "account": [account_for(channel, sim_base, rate)],
+        "account": [account],
     });
     toml::to_string(&doc).context("rendering the bench config")
 }

@@ -48,6 +48,7 @@ fn jobs_carry_their_publish_time_and_are_valid() {
         concurrency: None,
         keep: false,
         worker_wrapper: None,
+        outcomes: true,
     };
     for channel in [Channel::Chatbot, Channel::Wecom] {
         let jobs = JobGen::new(channel, &opts);

@@ -44,6 +44,7 @@ fn bot_account() -> AccountConfig {
         encoding_aes_key_file: None,
         require_push_signature: false,
         gate_needperson: false,
+        outcomes: true,
     }
 }
 
@@ -66,6 +67,7 @@ fn kf_account() -> AccountConfig {
         encoding_aes_key_file: None,
         require_push_signature: false,
         gate_needperson: false,
+        outcomes: true,
     }
 }
 
