@@ -4,6 +4,7 @@
 pub mod acks;
 pub mod connection;
 pub mod headers;
+pub mod policies;
 pub mod publisher;
 pub mod topology;
 
@@ -14,6 +15,6 @@ pub use headers::{
 };
 pub use publisher::Publisher;
 pub use topology::{
-    DEAD, DEAD_RECORDER, EXCHANGE, INBOUND, UNROUTABLE, bulk_queue, declare_topology, lane_queue,
-    retry_tier,
+    DEAD, DEAD_RECORDER, Declared, EXCHANGE, INBOUND, Mismatch, PoliciesOutcome, UNROUTABLE,
+    apply_policies, bulk_queue, declare_all, declare_topology, lane_queue, retry_tier,
 };

@@ -14,6 +14,7 @@ pub mod kf;
 pub mod migrate;
 pub mod run;
 pub mod send;
+pub mod setup;
 pub mod simulate;
 pub mod stats;
 pub mod status;

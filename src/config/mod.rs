@@ -30,7 +30,8 @@ pub use crate::domain::channel::Channel;
 pub use account::{AccountConfig, Rate};
 pub use files::{CONFIG_FILE_MAX, INPUT_FILE_MAX, SECRET_FILE_MAX, read_capped};
 pub use model::{
-    BrokerConfig, Config, DatabaseConfig, HttpConfig, RetryConfig, SyncConfig, WorkerConfig,
+    BrokerConfig, Config, DatabaseConfig, HttpConfig, RetryConfig, StartupConfig, SyncConfig,
+    WorkerConfig,
 };
 pub use secret::Secret;
 pub use urls::{SecretUrl, redact_url_password};

@@ -21,3 +21,4 @@ mod ops;
 mod platform_fixes;
 mod retry;
 mod text_secrets;
+mod topology;
