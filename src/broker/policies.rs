@@ -28,10 +28,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::topology::{DEAD, UNROUTABLE};
 use crate::config::Config;
 
-/// Name of the policy that gives [`super::topology::EXCHANGE`] its alternate exchange.
+/// Name of the policy that gives the main exchange its alternate exchange.
 pub const EXCHANGE_POLICY: &str = "wxdispatch-exchange";
 /// Name of the policy that gives the lanes their dead-lettering and delivery limit.
 pub const LANES_POLICY: &str = "wxdispatch-lanes";
@@ -62,29 +61,6 @@ pub struct Policy {
     pub apply_to: &'static str,
     pub priority: i64,
     pub definition: Value,
-}
-
-/// The policies `cfg` asks for.
-pub fn wanted(cfg: &Config) -> Vec<Policy> {
-    vec![
-        Policy {
-            name: EXCHANGE_POLICY,
-            pattern: EXCHANGE_PATTERN,
-            apply_to: "exchanges",
-            priority: PRIORITY,
-            definition: json!({ "alternate-exchange": UNROUTABLE }),
-        },
-        Policy {
-            name: LANES_POLICY,
-            pattern: LANES_PATTERN,
-            apply_to: "queues",
-            priority: PRIORITY,
-            definition: json!({
-                "dead-letter-exchange": DEAD,
-                "delivery-limit": cfg.broker.delivery_limit,
-            }),
-        },
-    ]
 }
 
 /// `'text'` for a POSIX shell.
@@ -333,28 +309,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policies_follow_the_config() {
-        let mut cfg = Config::default();
-        cfg.broker.delivery_limit = 7;
-        let p = wanted(&cfg);
-        assert_eq!(
-            p[0].definition["alternate-exchange"],
-            "wxdispatch.unroutable"
-        );
-        assert_eq!(p[1].definition["delivery-limit"], 7);
-        assert_eq!(p[1].definition["dead-letter-exchange"], "wxdispatch.dead");
-    }
-
-    #[test]
-    fn commands_are_ready_to_paste() {
-        let cmds = rabbitmqctl_commands("/", &wanted(&Config::default()));
-        assert_eq!(
-            cmds[0],
-            r#"rabbitmqctl set_policy -p '/' --apply-to exchanges --priority 10 wxdispatch-exchange '^wxdispatch$' '{"alternate-exchange":"wxdispatch.unroutable"}'"#
-        );
-        assert!(
-            cmds[1].contains(r#"'{"dead-letter-exchange":"wxdispatch.dead","delivery-limit":20}'"#)
-        );
+    fn shell_quoting() {
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
     }
 

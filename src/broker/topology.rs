@@ -306,6 +306,29 @@ pub async fn declare_all(conn: &Connection, cfg: &Config) -> anyhow::Result<Decl
     Ok(d.out)
 }
 
+/// The broker policies `cfg` asks for (see [`super::policies`]).
+pub fn wanted_policies(cfg: &Config) -> Vec<super::policies::Policy> {
+    vec![
+        super::policies::Policy {
+            name: super::policies::EXCHANGE_POLICY,
+            pattern: super::policies::EXCHANGE_PATTERN,
+            apply_to: "exchanges",
+            priority: super::policies::PRIORITY,
+            definition: serde_json::json!({ "alternate-exchange": UNROUTABLE }),
+        },
+        super::policies::Policy {
+            name: super::policies::LANES_POLICY,
+            pattern: super::policies::LANES_PATTERN,
+            apply_to: "queues",
+            priority: super::policies::PRIORITY,
+            definition: serde_json::json!({
+                "dead-letter-exchange": DEAD,
+                "delivery-limit": cfg.broker.delivery_limit,
+            }),
+        },
+    ]
+}
+
 /// What [`apply_policies`] did.
 #[derive(Debug, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -323,11 +346,11 @@ pub enum PoliciesOutcome {
     },
 }
 
-/// Set the policies of [`super::policies::wanted`] in `broker.url`'s vhost through the
+/// Set the policies of [`wanted_policies`] in `broker.url`'s vhost through the
 /// management API; where it cannot, say why and which commands do it.
 pub async fn apply_policies(cfg: &Config) -> PoliciesOutcome {
     let vhost = super::policies::vhost_of(cfg.broker.url.expose());
-    let wanted = super::policies::wanted(cfg);
+    let wanted = wanted_policies(cfg);
     let applied = match super::policies::Management::from_config(cfg) {
         Ok(m) => m.apply(&vhost, &wanted).await,
         Err(e) => Err(e),
@@ -402,6 +425,34 @@ pub async fn declare_topology(conn: &Connection, cfg: &Config) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_follow_the_config() {
+        let mut cfg = Config::default();
+        cfg.broker.delivery_limit = 7;
+        let p = wanted_policies(&cfg);
+        assert_eq!(
+            p[0].definition["alternate-exchange"],
+            "wxdispatch.unroutable"
+        );
+        assert_eq!(p[1].definition["delivery-limit"], 7);
+        assert_eq!(p[1].definition["dead-letter-exchange"], "wxdispatch.dead");
+    }
+
+    #[test]
+    fn commands_are_ready_to_paste() {
+        let cmds = crate::broker::policies::rabbitmqctl_commands(
+            "/",
+            &wanted_policies(&Config::default()),
+        );
+        assert_eq!(
+            cmds[0],
+            r#"rabbitmqctl set_policy -p '/' --apply-to exchanges --priority 10 wxdispatch-exchange '^wxdispatch$' '{"alternate-exchange":"wxdispatch.unroutable"}'"#
+        );
+        assert!(
+            cmds[1].contains(r#"'{"dead-letter-exchange":"wxdispatch.dead","delivery-limit":20}'"#)
+        );
+    }
 
     #[test]
     fn names_follow_the_contract() {

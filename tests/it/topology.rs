@@ -416,7 +416,7 @@ fn definitions_json_ships_the_policies_the_worker_sets() {
         cfg.broker.delivery_limit = l.as_integer().unwrap() as u32;
     }
     let shipped = defs["policies"].as_array().expect("policies");
-    let wanted = policies::wanted(&cfg);
+    let wanted = broker::topology::wanted_policies(&cfg);
     assert_eq!(shipped.len(), wanted.len());
     for p in wanted {
         let s = shipped
