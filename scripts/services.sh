@@ -55,4 +55,13 @@ fi
 for i in $(seq 1 30); do rabbitmqctl -q list_vhosts >/dev/null 2>&1 && break; sleep 1; done
 # the tests use guest/guest over loopback
 rabbitmqctl -q list_users | grep -q '^guest' || { rabbitmqctl add_user guest guest; rabbitmqctl set_user_tags guest administrator; rabbitmqctl set_permissions -p / guest '.*' '.*' '.*'; }
-log "PostgreSQL and RabbitMQ are answering on 127.0.0.1:5432 and 127.0.0.1:5672"
+# the management API: `wxdispatch setup`, the workers and the tests set the broker policies
+# (alternate exchange, dead-lettering, delivery limit) through it; AMQP cannot
+need_pkg curl curl
+if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+  log "enabling rabbitmq_management"
+  rabbitmq-plugins enable rabbitmq_management
+fi
+for i in $(seq 1 60); do curl -fs -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null && break; sleep 1; done
+curl -fs -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null || { log "the RabbitMQ management API does not answer on :15672"; exit 1; }
+log "PostgreSQL and RabbitMQ (with its management API on :15672) are answering on 127.0.0.1:5432 and 127.0.0.1:5672"

@@ -5,6 +5,7 @@ pub mod acks;
 pub mod connection;
 pub mod headers;
 pub mod outcomes;
+pub mod policies;
 pub mod publisher;
 pub mod topology;
 
@@ -16,6 +17,6 @@ pub use headers::{
 pub use outcomes::{OUTCOMES, declare_outcomes, outcome_routing_key};
 pub use publisher::Publisher;
 pub use topology::{
-    DEAD, DEAD_RECORDER, EXCHANGE, INBOUND, UNROUTABLE, bulk_queue, declare_topology, lane_queue,
-    retry_tier,
+    DEAD, DEAD_RECORDER, Declared, EXCHANGE, INBOUND, Mismatch, PoliciesOutcome, UNROUTABLE,
+    apply_policies, bulk_queue, declare_all, declare_topology, lane_queue, retry_tier,
 };

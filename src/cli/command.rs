@@ -36,6 +36,9 @@ pub enum Command {
     Run,
     /// Create the database if needed and apply migrations.
     Migrate,
+    /// Prepare everything before any worker runs, so producers can start first: the database
+    /// (like `migrate`), the broker topology and the broker policies. Idempotent.
+    Setup(super::setup::SetupArgs),
     /// Publish one job (from flags or a JSON file) with publisher confirms; prints the job id.
     Send(super::send::SendArgs),
     /// Show a delivery and its history.
@@ -118,6 +121,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run => super::run::run(load(&cli.config)?).await,
         Command::Migrate => super::migrate::run(load(&cli.config)?).await,
+        Command::Setup(args) => super::setup::run(load(&cli.config)?, args).await,
         Command::CheckConfig(args) => super::check_config::run(&load(&cli.config)?, &args),
         Command::Send(args) => super::send::run(load(&cli.config)?, args).await,
         Command::Status {

@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod output;
 pub mod run;
 pub mod send;
+pub mod setup;
 pub mod simulate;
 pub mod stats;
 pub mod status;

@@ -30,8 +30,8 @@ pub use crate::domain::channel::Channel;
 pub use account::{AccountConfig, Rate};
 pub use files::{CONFIG_FILE_MAX, INPUT_FILE_MAX, SECRET_FILE_MAX, read_capped};
 pub use model::{
-    BrokerConfig, Config, DatabaseConfig, HttpConfig, OutcomesConfig, RetryConfig, SyncConfig,
-    VoiceFormat,
+    BrokerConfig, Config, DatabaseConfig, HttpConfig, OutcomesConfig, RetryConfig, StartupConfig,
+    SyncConfig, VoiceFormat,
     WorkerConfig,
 };
 pub use secret::Secret;

@@ -19,6 +19,7 @@ pub struct Config {
     pub sync: SyncConfig,
     /// The outcome events' relay (README "Outcome events").
     pub outcomes: OutcomesConfig,
+    pub startup: StartupConfig,
     #[serde(rename = "account")]
     pub accounts: Vec<AccountConfig>,
 }
@@ -37,9 +38,16 @@ pub struct BrokerConfig {
     /// `prefetch_bytes / worker.max_body_bytes` (at least 1). 0 = no cap (only `prefetch`).
     /// RabbitMQ has no byte prefetch; this is its worst-case equivalent (README "Memory bounds").
     pub prefetch_bytes: u64,
-    /// `x-delivery-limit` on lanes: a message that kills the process this many times is
-    /// dead-lettered by the broker instead of crash-looping the lane.
+    /// The lanes' delivery limit: a message that kills the process this many times is
+    /// dead-lettered by the broker instead of crash-looping the lane. Set by the
+    /// `wxdispatch-lanes` policy (`wxdispatch setup`, or a worker that reaches the management
+    /// API), not by a queue argument, so changing it changes no declaration.
     pub delivery_limit: u32,
+    /// RabbitMQ's management API (`http://host:15672/`), through which `setup` and the workers
+    /// set the broker policies (AMQP cannot). Empty: `broker.url`'s host, port 15672, with
+    /// `broker.url`'s credentials unless this URL has its own. `"off"`: never used (then
+    /// `setup` prints the `rabbitmqctl set_policy` commands instead).
+    pub management_url: SecretUrl,
 }
 
 impl Default for BrokerConfig {
@@ -49,6 +57,7 @@ impl Default for BrokerConfig {
             prefetch: 512,
             prefetch_bytes: 256 * 1024 * 1024,
             delivery_limit: 20,
+            management_url: SecretUrl::default(),
         }
     }
 }
@@ -305,6 +314,24 @@ impl Default for SyncConfig {
             voice_format: VoiceFormat::Amr,
             retention_alert_secs: 48 * 3600,
         }
+    }
+}
+
+/// Start-up of `run`: how long it waits for its dependencies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StartupConfig {
+    /// Seconds `run` waits at start for Postgres and RabbitMQ to answer (retrying with
+    /// jittered exponential backoff, `/healthz` 200 and `/readyz` 503 meanwhile) before it
+    /// exits 1 naming the host and the last cause. 0 = one attempt each, fail at once.
+    /// 300 covers a broker or database that starts beside the worker (compose, a pod
+    /// rescheduled with its dependencies) without a crash loop.
+    pub wait_secs: u64,
+}
+
+impl Default for StartupConfig {
+    fn default() -> Self {
+        Self { wait_secs: 300 }
     }
 }
 

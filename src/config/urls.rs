@@ -26,6 +26,17 @@ impl SecretUrl {
     pub fn redacted(&self) -> String {
         redact_url_password(&self.0)
     }
+    /// `host:port` of the URL (`default_port` when it names none), for messages that say
+    /// where a dependency is without the credentials; the masked URL when it does not parse.
+    pub fn host_port(&self, default_port: u16) -> String {
+        match Url::parse(&self.0) {
+            Ok(u) => match u.host_str() {
+                Some(h) => format!("{h}:{}", u.port().unwrap_or(default_port)),
+                None => self.redacted(),
+            },
+            Err(_) => self.redacted(),
+        }
+    }
 }
 
 /// The real URL, so that `connect(&cfg.broker.url)` needs no ceremony. Formatting a
@@ -167,6 +178,14 @@ mod tests {
         let back: SecretUrl = serde_json::from_str("\"postgres://u:pw@db/x\"").unwrap();
         assert_eq!(back, "postgres://u:pw@db/x");
         assert!(!format!("{back} {back:?}").contains("pw"));
+    }
+
+    #[test]
+    fn host_port_names_no_credentials() {
+        let u = SecretUrl::from("amqp://user:pw@mq.internal/%2f");
+        assert_eq!(u.host_port(5672), "mq.internal:5672");
+        let u = SecretUrl::from("postgres://u:pw@db:6432/x");
+        assert_eq!(u.host_port(5432), "db:6432");
     }
 
     #[test]

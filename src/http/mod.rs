@@ -7,4 +7,4 @@ pub mod server;
 pub mod state;
 
 pub use server::*;
-pub use state::AppState;
+pub use state::{AppState, StartupStatus};

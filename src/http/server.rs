@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::listener::{self, Limits};
-use crate::http::state::AppState;
+use crate::http::state::{AppState, StartupStatus};
 
 /// The process-wide Prometheus recorder (installed on first use).
 pub fn metrics_handle() -> Option<&'static PrometheusHandle> {
@@ -93,6 +93,72 @@ fn sync_retention_details(s: &AppState) -> String {
             )
         })
         .collect()
+}
+
+/// The admin routes while `run` waits for its dependencies: `/healthz` 200 (the process is
+/// alive; restarting it would not help), `/readyz` 503 with what it waits for, `/metrics`.
+pub fn starting_router(status: StartupStatus) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let status = status.get();
+                async move {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("starting: {status}\n"),
+                    )
+                }
+            }),
+        )
+}
+
+/// The router the early admin listener hands its requests to: [`starting_router`] until
+/// [`AdminSlot::ready`] puts the full [`admin_router`] in.
+#[derive(Clone)]
+pub struct AdminSlot(std::sync::Arc<std::sync::RwLock<Router>>);
+
+impl AdminSlot {
+    /// From now on, serve `router` (the worker is up).
+    pub fn ready(&self, router: Router) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = router;
+    }
+    fn current(&self) -> Router {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Bind `http.admin_listen` before anything else is up (so probes get `/healthz` 200 and
+/// `/readyz` 503 while `run` waits for Postgres and RabbitMQ), serving [`starting_router`]
+/// until the returned slot is given the full router. One listener throughout: no moment
+/// where the port is closed.
+pub async fn serve_admin_early(
+    cfg: &crate::config::Config,
+    status: StartupStatus,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Bound, AdminSlot)> {
+    use tower::ServiceExt;
+    let _ = metrics_handle();
+    let slot = AdminSlot(std::sync::Arc::new(std::sync::RwLock::new(
+        starting_router(status),
+    )));
+    let s = slot.clone();
+    let app = Router::new()
+        .fallback_service(tower::service_fn(move |req| s.current().oneshot(req)))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            cfg.http.max_body_bytes,
+        ));
+    let bound = bind(
+        "http.admin_listen",
+        &cfg.http.admin_listen,
+        app,
+        Limits::admin(cfg),
+        shutdown,
+    )
+    .await?;
+    Ok((bound, slot))
 }
 
 /// A bound listener: its address and the future serving it (ends on shutdown).

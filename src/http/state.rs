@@ -30,3 +30,18 @@ impl AppState {
         }
     }
 }
+
+/// What `run` is waiting for while it starts (`/readyz` says it, with 503, until the worker
+/// is up): "waiting for rabbitmq at host:5672: <cause>". Shared by the start-up loop, which
+/// writes it, and the admin listener, which reads it.
+#[derive(Clone, Default)]
+pub struct StartupStatus(Arc<std::sync::Mutex<String>>);
+
+impl StartupStatus {
+    pub fn set(&self, status: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = status.into();
+    }
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -190,6 +190,16 @@ pub async fn connect_pool(config: &Config) -> anyhow::Result<PgPool> {
             ("random_page_cost", "1.1"),
         ]);
     ensure_database(&opts).await?;
+    // One direct connection first: a database that cannot be reached fails at once with its
+    // cause (the pool retries until its acquire timeout and then says only "pool timed out"),
+    // which `run`'s start-up wait logs and `/readyz` shows.
+    let probe = opts.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to the database: {}",
+            redact_db_error(&e.to_string())
+        )
+    })?;
+    let _ = sqlx::Connection::close(probe).await;
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))

@@ -779,8 +779,11 @@ fn find_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 fn compose_kubernetes_and_docker_files_agree() {
     let accounts = example_accounts();
     let defs: Value = serde_json::from_str(&read("rabbitmq/definitions.json")).unwrap();
-    let lane_limit = definitions_topology(&defs, SHIPPED_VHOST).queues
-        [&format!("wxdispatch.{}", accounts.first().unwrap())]["arguments"]["x-delivery-limit"]
+    // The lanes' delivery limit is the `wxdispatch-lanes` policy's.
+    let lane_limit = defs["policies"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "wxdispatch-lanes"))
+        .expect("definitions.json: policy wxdispatch-lanes")["definition"]["delivery-limit"]
         .clone();
 
     // ---- compose

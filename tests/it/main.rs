@@ -27,3 +27,4 @@ mod states;
 mod schedule;
 mod text_secrets;
 mod tokens;
+mod topology;
