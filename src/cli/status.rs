@@ -55,6 +55,7 @@ fn print(
     for (label, v) in [
         ("error     ", &d.error),
         ("msgid     ", &d.platform_msgid),
+        ("req msgid ", &d.platform_request_msgid),
         ("broadcast ", &d.broadcast_id),
     ] {
         if let Some(v) = v.as_deref().filter(|v| *v != "-") {
@@ -64,6 +65,13 @@ fn print(
     writeln!(out, "  created    {}", ts(Some(d.created_at)))?;
     writeln!(out, "  updated    {}", ts(Some(d.updated_at)))?;
     writeln!(out, "  sent       {}", ts(d.sent_at))?;
+    if let Some(dl) = &r.dead_letter {
+        writeln!(
+            out,
+            "  rejected before it had a job id: dead letter #{} (`dlq list` shows it)",
+            dl.id
+        )?;
+    }
     if let Some(c) = &r.conversation {
         print_conversation(out, c, now)?;
     }
@@ -176,6 +184,7 @@ mod tests {
                 errcode: None,
                 error: Some("quota_exhausted".into()),
                 platform_msgid: None,
+                platform_request_msgid: None,
                 broadcast_id: None,
                 created_at: at(1_000),
                 updated_at: at(1_060),
@@ -198,6 +207,7 @@ mod tests {
                 errcode: None,
                 error: Some("quota_exhausted".into()),
             }],
+            dead_letter: None,
         };
         let mut out = Vec::new();
         print(&mut out, "q5", &report, at(3_600)).unwrap();

@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::account_id;
 use crate::domain::allowance::WECOM_WINDOW;
 use crate::store::Store;
+use crate::store::dead_letters::{self, DeadLetterRow};
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
 
 /// Everything `status` shows of one job.
@@ -17,6 +18,10 @@ pub struct Report {
     /// The job's history, oldest first, including a first-attempt send (which has no event of
     /// its own).
     pub history: Vec<DeliveryEvent>,
+    /// For a job rejected before it had a valid id (no `deliveries` row; found by the AMQP
+    /// `message_id` it was published with): its newest dead letter. `delivery` is then made
+    /// from it ([`rejected_delivery`]): status `dead`, the reason and detail as the error.
+    pub dead_letter: Option<DeadLetterRow>,
 }
 
 /// A WeCom conversation as `status` shows it.
@@ -38,7 +43,7 @@ pub async fn report(
 ) -> anyhow::Result<Option<Report>> {
     let found = store.deliveries(job_id, account).await?;
     let Some(delivery) = account_id::only("job id", job_id, found, |d| &d.account)? else {
-        return Ok(None);
+        return rejected(store, job_id, account).await;
     };
     // The conversation's WeCom allowance (kept by the sync loop and the lanes).
     let conversation = match &delivery.open_kfid {
@@ -57,7 +62,59 @@ pub async fn report(
         delivery,
         conversation,
         history,
+        dead_letter: None,
     }))
+}
+
+/// The report of a job that has no delivery row: one rejected before it had a valid id (an
+/// unreadable body, an over-long or otherwise invalid job_id), found by the AMQP `message_id`
+/// it was published with. Several accounts' dead letters under one id are ambiguous, like
+/// deliveries; of one account's several (republished), the newest is shown.
+async fn rejected(
+    store: &Store,
+    id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Option<Report>> {
+    let mut found = dead_letters::rejected_by_id(store, id, account).await?;
+    // Newest first: keep each account's newest.
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|d| seen.insert(d.account.clone()));
+    let Some(dl) = account_id::only("job id", id, found, |d| &d.account)? else {
+        return Ok(None);
+    };
+    Ok(Some(Report {
+        delivery: rejected_delivery(id, &dl),
+        conversation: None,
+        history: Vec::new(),
+        dead_letter: Some(dl),
+    }))
+}
+
+/// The delivery `status` shows for a job rejected before it had a valid id: `dead`, on the
+/// dead letter's account, its reason (and detail) as the error, channel and kind unknown
+/// (`-`: the body was never read as a job).
+pub fn rejected_delivery(id: &str, dl: &DeadLetterRow) -> Delivery {
+    Delivery {
+        job_id: id.to_owned(),
+        account: dl.account.clone(),
+        channel: "-".into(),
+        kind: "-".into(),
+        recipient: String::new(),
+        open_kfid: None,
+        status: "dead".into(),
+        attempts: dl.attempts,
+        errcode: dl.errcode,
+        error: Some(match &dl.errmsg {
+            Some(m) => format!("{}: {m}", dl.reason),
+            None => dl.reason.clone(),
+        }),
+        platform_msgid: None,
+        platform_request_msgid: None,
+        broadcast_id: None,
+        created_at: dl.dead_at,
+        updated_at: dl.dead_at,
+        sent_at: None,
+    }
 }
 
 /// The history to show: the recorded events, plus the send when it has no event of its own.
