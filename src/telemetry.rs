@@ -34,6 +34,10 @@ pub const HTTP_CONNECTIONS: &str = "wxdispatch_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "wxdispatch_http_connections_refused_total";
 pub const HELD_BYTES: &str = "wxdispatch_held_bytes";
 pub const WRITES_HELD: &str = "wxdispatch_outcome_writes_held";
+/// Requests to the HTTP job API, by `token` (its configured name, never its value; `-` when
+/// unauthenticated) and `outcome` (`accepted`, `invalid`, `unauthorized`, `forbidden`,
+/// `rate_limited`, `too_large`, `unavailable`, `found`, `not_found`).
+pub const HTTP_JOB_REQUESTS: &str = "wxdispatch_http_job_requests_total";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -54,6 +58,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_JOB_REQUESTS,
+        "Requests to the HTTP job API (POST/GET /v1/jobs) by token name and outcome"
+    );
     describe_counter!(JOBS_CONSUMED, "Jobs taken from the lanes");
     describe_gauge!(
         WRITES_HELD,

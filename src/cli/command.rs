@@ -57,6 +57,8 @@ pub enum Command {
     Bench(super::bench::BenchArgs),
     /// WeCom customer service administration: kf accounts, servicers, customers, sessions, statistics.
     Kf(super::kf::KfArgs),
+    /// HTTP job API tokens: `token hash` prints the SHA-256 to configure for a token on stdin.
+    Token(super::token::TokenArgs),
 }
 
 /// Entry point of the binary.
@@ -102,5 +104,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => super::stats::run(load(&cli.config)?, args).await,
         Command::Bench(args) => super::bench::run(cli.config.as_deref(), args).await,
         Command::Kf(args) => super::kf::run(load(&cli.config)?, args).await,
+        Command::Token(args) => super::token::run(args),
     }
 }

@@ -2,6 +2,7 @@
 //! history, as data (the command line prints it).
 
 use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
 
 use super::account_id;
 use crate::domain::allowance::WECOM_WINDOW;
@@ -143,6 +144,64 @@ pub fn history(
 /// (zero or negative: closed).
 pub fn window_left(last: DateTime<Utc>, now: DateTime<Utc>) -> TimeDelta {
     last + WECOM_WINDOW - now
+}
+
+/// A report as the JSON of `GET /v1/jobs/{id}`, built field by field (the store's rows are not
+/// serializable) with the names of the `deliveries` columns; `conversation` and `dead_letter`
+/// only when there is one.
+pub fn report_json(r: &Report) -> Value {
+    let d = &r.delivery;
+    let history: Vec<Value> = r
+        .history
+        .iter()
+        .map(|e| {
+            json!({
+                "at": e.at.to_rfc3339(),
+                "status": e.status,
+                "attempts": e.attempts,
+                "errcode": e.errcode,
+                "error": e.error,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "job_id": d.job_id,
+        "account": d.account,
+        "channel": d.channel,
+        "kind": d.kind,
+        "recipient": d.recipient,
+        "open_kfid": d.open_kfid,
+        "status": d.status,
+        "attempts": d.attempts,
+        "errcode": d.errcode,
+        "error": d.error,
+        "platform_msgid": d.platform_msgid,
+        "platform_request_msgid": d.platform_request_msgid,
+        "broadcast_id": d.broadcast_id,
+        "created_at": d.created_at.to_rfc3339(),
+        "updated_at": d.updated_at.to_rfc3339(),
+        "sent_at": d.sent_at.map(|t| t.to_rfc3339()),
+        "history": history,
+    });
+    if let Some(c) = &r.conversation {
+        v["conversation"] = json!({
+            "open_kfid": c.open_kfid,
+            "recipient": c.recipient,
+            "last_customer_msg_at": c.facts.as_ref().and_then(|f| f.last_customer_msg_at).map(|t| t.to_rfc3339()),
+            "sent_since_customer": c.facts.as_ref().map(|f| f.sent_since_customer),
+            "service_state": c.facts.as_ref().and_then(|f| f.service_state),
+        });
+    }
+    if let Some(dl) = &r.dead_letter {
+        v["dead_letter"] = json!({
+            "id": dl.id,
+            "reason": dl.reason,
+            "errmsg": dl.errmsg,
+            "message_id": dl.message_id,
+            "dead_at": dl.dead_at.to_rfc3339(),
+        });
+    }
+    v
 }
 
 #[cfg(test)]
