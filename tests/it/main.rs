@@ -19,5 +19,6 @@ mod inbound_nul;
 mod kf;
 mod ops;
 mod platform_fixes;
+mod producer;
 mod retry;
 mod text_secrets;

@@ -42,13 +42,14 @@ pub async fn post_jobs(State(s): State<AppState>, headers: HeaderMap, body: Body
     let jobs = match parse_batch(cfg, token, &bytes) {
         Ok(jobs) => jobs,
         Err(refused) => {
-            count(&token.name, "invalid");
-            return match refused {
-                Refused::Body(e) => reply::errors(StatusCode::BAD_REQUEST, vec![e]),
-                Refused::TooMany(e) => reply::errors(StatusCode::PAYLOAD_TOO_LARGE, vec![e]),
-                Refused::Forbidden(e) => reply::errors(StatusCode::FORBIDDEN, e),
-                Refused::Invalid(e) => reply::errors(StatusCode::UNPROCESSABLE_ENTITY, e),
+            let (status, outcome, errors) = match refused {
+                Refused::Body(e) => (StatusCode::BAD_REQUEST, "invalid", vec![e]),
+                Refused::TooMany(e) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", vec![e]),
+                Refused::Forbidden(e) => (StatusCode::FORBIDDEN, "forbidden", e),
+                Refused::Invalid(e) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", e),
             };
+            count(&token.name, outcome);
+            return reply::errors(status, errors);
         }
     };
     let unavailable = |published: &[String], detail: String| {
