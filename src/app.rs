@@ -137,7 +137,8 @@ impl Worker {
             tasks.spawn(metrics_upkeep(handle, shutdown.clone()));
         }
         let state =
-            http::AppState::new(cfg.clone(), store.clone(), broker.clone(), inbound.clone());
+            http::AppState::new(cfg.clone(), store.clone(), broker.clone(), inbound.clone())
+                .with_job_lookup(Arc::new(StatusLookup(store.clone())));
         let public_addr = if cfg.http.listen.is_empty() {
             None
         } else {
@@ -369,6 +370,33 @@ pub async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// `GET /v1/jobs/{id}` answered by `ops::status` (the HTTP layer cannot name `ops`, a peer).
+struct StatusLookup(Store);
+
+impl http::jobs::JobLookup for StatusLookup {
+    fn lookup<'a>(
+        &'a self,
+        id: &'a str,
+        account: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<Option<http::jobs::Found>, http::jobs::LookupError>>
+    {
+        use futures::FutureExt as _;
+        async move {
+            match crate::ops::status::report(&self.0, id, account).await {
+                Ok(r) => Ok(r.map(|r| http::jobs::Found {
+                    account: r.delivery.account.clone(),
+                    record: crate::ops::status::report_json(&r),
+                })),
+                Err(e) => match e.downcast_ref::<crate::ops::account_id::AmbiguousId>() {
+                    Some(a) => Err(http::jobs::LookupError::Ambiguous(a.to_string())),
+                    None => Err(http::jobs::LookupError::Failed(e)),
+                },
+            }
+        }
+        .boxed()
     }
 }
 

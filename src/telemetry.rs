@@ -43,6 +43,10 @@ pub const OUTCOME_EVENTS: &str = "wxdispatch_outcome_events_published_total";
 pub const OUTCOME_BACKLOG: &str = "wxdispatch_outcome_events_backlog";
 /// Copies of outcome events to a job's `reply_to` that the broker refused (not retried).
 pub const OUTCOME_REPLY_FAILURES: &str = "wxdispatch_outcome_reply_failures_total";
+/// Requests to the HTTP job API, by `token` (its configured name, never its value; `-` when
+/// unauthenticated) and `outcome` (`accepted`, `invalid`, `unauthorized`, `forbidden`,
+/// `rate_limited`, `too_large`, `unavailable`, `found`, `not_found`).
+pub const HTTP_JOB_REQUESTS: &str = "wxdispatch_http_job_requests_total";
 
 /// Latency buckets (seconds): from sub-millisecond local sends to multi-second retries.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -63,6 +67,10 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_JOB_REQUESTS,
+        "Requests to the HTTP job API (POST/GET /v1/jobs) by token name and outcome"
+    );
     describe_counter!(JOBS_CONSUMED, "Jobs taken from the lanes");
     describe_counter!(
         OUTCOME_EVENTS,

@@ -75,6 +75,8 @@ pub enum Command {
     Completions(super::docs::CompletionsArgs),
     /// Print the man page (roff), or write one page per command into a directory.
     Man(super::docs::ManArgs),
+    /// HTTP job API tokens: `token hash` prints the SHA-256 to configure for a token on stdin.
+    Token(super::token::TokenArgs),
 }
 
 /// Entry point of the binary.
@@ -136,6 +138,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => super::stats::run(load(&cli.config)?, args).await,
         Command::Bench(args) => super::bench::run(cli.config.as_deref(), args).await,
         Command::Kf(args) => super::kf::run(load(&cli.config)?, args).await,
+        Command::Token(args) => super::token::run(args),
         Command::Completions(args) => super::docs::completions(Cli::command(), &args),
         Command::Man(args) => super::docs::man(Cli::command(), &args),
     }

@@ -363,7 +363,11 @@ fn dead_letter_table(rows: &[DeadLetterRow], show_replayed: bool, now: DateTime<
     for r in rows {
         let mut c = vec![
             r.id.to_string(),
-            r.job_id.clone().unwrap_or_else(|| "-".into()),
+            // A job rejected before it had a valid id: its AMQP message_id, in parentheses.
+            r.job_id
+                .clone()
+                .or_else(|| r.message_id.as_ref().map(|m| format!("({m})")))
+                .unwrap_or_else(|| "-".into()),
             r.account.clone(),
             r.reason.clone(),
             r.errcode.map_or_else(|| "-".into(), |c| c.to_string()),

@@ -78,6 +78,7 @@ fn tables_align_and_flatten_errmsgs() {
     let row = |id, job: Option<&str>, msg: &str| DeadLetterRow {
         id,
         job_id: job.map(str::to_owned),
+        message_id: None,
         account: "kf".into(),
         reason: "config_error".into(),
         errcode: Some(95017),
@@ -113,6 +114,7 @@ fn skip_summaries_group_by_reason() {
     let dl = |id| DeadLetterRow {
         id,
         job_id: None,
+        message_id: None,
         account: "ghost".into(),
         reason: "unknown_account".into(),
         errcode: None,

@@ -24,6 +24,7 @@ pub mod simulate;
 pub mod stats;
 pub mod status;
 pub mod table;
+pub mod token;
 pub mod usage;
 
 pub use command::{Cli, Command, dispatch, main};

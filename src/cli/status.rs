@@ -64,6 +64,7 @@ fn print(
     for (label, v) in [
         ("error     ", &d.error),
         ("msgid     ", &d.platform_msgid),
+        ("req msgid ", &d.platform_request_msgid),
         ("broadcast ", &d.broadcast_id),
     ] {
         if let Some(v) = v.as_deref().filter(|v| *v != "-") {
@@ -79,6 +80,13 @@ fn print(
             "  recalled   {} by job {}",
             m.recalled_at.to_rfc3339(),
             esc(&m.recalled_by_job)
+        )?;
+    }
+    if let Some(dl) = &r.dead_letter {
+        writeln!(
+            out,
+            "  rejected before it had a job id: dead letter #{} (`dlq list` shows it)",
+            dl.id
         )?;
     }
     if let Some(c) = &r.conversation {
@@ -203,6 +211,7 @@ mod tests {
                 errcode: None,
                 error: Some("quota_exhausted".into()),
                 platform_msgid: None,
+                platform_request_msgid: None,
                 broadcast_id: None,
                 created_at: at(1_000),
                 updated_at: at(1_060),
@@ -227,6 +236,7 @@ mod tests {
             }],
             chatbot: None,
             recall: None,
+            dead_letter: None,
         };
         let mut out = Vec::new();
         print(&mut out, "q5", &report, at(3_600)).unwrap();

@@ -15,6 +15,7 @@
 //! [`Config::validate`] fails fast with one line that names the offending key.
 
 mod account;
+mod api_tokens;
 mod files;
 mod layers;
 mod load;
@@ -28,6 +29,7 @@ mod tests;
 
 pub use crate::domain::channel::Channel;
 pub use account::{AccountConfig, Rate};
+pub use api_tokens::ApiToken;
 pub use files::{CONFIG_FILE_MAX, INPUT_FILE_MAX, SECRET_FILE_MAX, read_capped};
 pub use model::{
     BrokerConfig, Config, DatabaseConfig, HttpConfig, OutcomesConfig, RetryConfig, StartupConfig,

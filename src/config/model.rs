@@ -118,6 +118,12 @@ pub struct HttpConfig {
     /// Open connections on the admin listener (its own cap: health keeps answering when the
     /// public listener is full).
     pub admin_max_connections: usize,
+    /// Bearer tokens of the HTTP job API on the admin listener (`[[http.api_tokens]]`, each
+    /// by the SHA-256 of its value). None: the job API answers 401 to everybody.
+    pub api_tokens: Vec<super::ApiToken>,
+    /// Most jobs in one `POST /v1/jobs`. With `worker.max_body_bytes` it bounds the request
+    /// body (their product), so one request cannot hold more memory than this many jobs.
+    pub jobs_max_batch: usize,
 }
 
 impl Default for HttpConfig {
@@ -131,6 +137,8 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             max_connections: 1024,
             admin_max_connections: 64,
+            api_tokens: Vec::new(),
+            jobs_max_batch: 100,
         }
     }
 }
@@ -170,6 +178,9 @@ impl HttpConfig {
         }
         if self.admin_max_connections == 0 {
             bail!("http.admin_max_connections: must be at least 1");
+        }
+        if self.jobs_max_batch == 0 {
+            bail!("http.jobs_max_batch: must be at least 1");
         }
         Ok(())
     }

@@ -34,6 +34,8 @@ impl Config {
             bail!("http.listen: '{}' is not host:port", self.http.listen);
         }
         self.http.validate()?;
+        let account_names: Vec<&str> = self.accounts.iter().map(|a| a.name.as_str()).collect();
+        super::api_tokens::validate(&self.http.api_tokens, &account_names)?;
         if !(self.worker.broadcast_share > 0.0 && self.worker.broadcast_share <= 1.0) {
             bail!("worker.broadcast_share: must be > 0 and <= 1");
         }

@@ -142,6 +142,7 @@ pub fn broker_dead_letter(cfg: &Config, d: &Delivery) -> Option<DeadLetter> {
     );
     Some(DeadLetter {
         job_id: job_id_of(&d.data, &d.properties),
+        message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
         account: crate::text::truncate(&account, 64).to_owned(),
         reason: Reason::DeliveryLimit.into(),
         errcode: None,

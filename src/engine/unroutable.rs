@@ -86,6 +86,7 @@ pub async fn run(
         let account = d.routing_key.to_string();
         let dl = DeadLetter {
             job_id: job_id_of(&d),
+            message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
             errmsg: Some(format!(
                 "no account named '{}' is configured",
                 crate::text::truncate(&account, 64)

@@ -2,6 +2,7 @@
 //! (metrics, health), each with its own limits.
 
 pub mod callback;
+pub mod jobs;
 pub mod listener;
 pub mod server;
 pub mod state;

@@ -38,6 +38,7 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .merge(crate::http::jobs::routes())
         .layer(axum::extract::DefaultBodyLimit::max(
             state.cfg.http.max_body_bytes,
         ))

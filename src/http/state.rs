@@ -13,6 +13,11 @@ pub struct AppState {
     pub broker: Arc<crate::broker::Broker>,
     /// Wakes the sync loops and publishes inbound messages (the callbacks' side).
     pub inbound: Arc<crate::engine::inbound::SyncHub>,
+    /// The HTTP job API's tokens, rate limiters and publisher (`POST /v1/jobs`).
+    pub jobs: Arc<crate::http::jobs::JobApi>,
+    /// How `GET /v1/jobs/{id}` finds a record (set by the worker, [`AppState::with_job_lookup`];
+    /// without it that route answers 503).
+    pub job_lookup: Option<Arc<dyn crate::http::jobs::JobLookup>>,
 }
 
 impl AppState {
@@ -23,11 +28,19 @@ impl AppState {
         inbound: Arc<crate::engine::inbound::SyncHub>,
     ) -> Self {
         Self {
+            jobs: Arc::new(crate::http::jobs::JobApi::new(&cfg)),
+            job_lookup: None,
             cfg,
             store,
             broker,
             inbound,
         }
+    }
+
+    /// The same state, `GET /v1/jobs/{id}` answered by `lookup`.
+    pub fn with_job_lookup(mut self, lookup: Arc<dyn crate::http::jobs::JobLookup>) -> Self {
+        self.job_lookup = Some(lookup);
+        self
     }
 }
 

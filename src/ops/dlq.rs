@@ -445,6 +445,7 @@ mod tests {
         DeadLetterRow {
             id,
             job_id: job.map(str::to_owned),
+            message_id: None,
             account: account.into(),
             reason: "config_error".into(),
             errcode: None,

@@ -2,12 +2,14 @@
 //! history, as data (the command line prints it).
 
 use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
 
 use super::account_id;
 use crate::config::{Channel, Config};
 use crate::domain::allowance::WECOM_WINDOW;
 use crate::domain::chatbot_state::ChatbotState;
 use crate::platform::{Platform, http_client};
+use crate::store::dead_letters::{self, DeadLetterRow};
 use crate::store::deliveries::{Conversation, Delivery, DeliveryEvent};
 use crate::store::{RecallMark, Store};
 
@@ -26,6 +28,10 @@ pub struct Report {
     pub chatbot: Option<ChatbotStateReport>,
     /// Set when a recall job took the message back (WeCom kf/recall_msg): when, and which job.
     pub recall: Option<RecallMark>,
+    /// For a job rejected before it had a valid id (no `deliveries` row; found by the AMQP
+    /// `message_id` it was published with): its newest dead letter. `delivery` is then made
+    /// from it ([`rejected_delivery`]): status `dead`, the reason and detail as the error.
+    pub dead_letter: Option<DeadLetterRow>,
 }
 
 /// A chatbot conversation's state as `status` shows it: `kefustate/get` (`type=all`) asked when
@@ -59,7 +65,7 @@ pub async fn report(
 ) -> anyhow::Result<Option<Report>> {
     let found = store.deliveries(job_id, account).await?;
     let Some(delivery) = account_id::only("job id", job_id, found, |d| &d.account)? else {
-        return Ok(None);
+        return rejected(store, job_id, account).await;
     };
     // The conversation's WeCom allowance (kept by the sync loop and the lanes).
     let conversation = match &delivery.open_kfid {
@@ -81,6 +87,7 @@ pub async fn report(
         history,
         chatbot: None,
         recall,
+        dead_letter: None,
     }))
 }
 
@@ -121,6 +128,57 @@ pub async fn chatbot_state(platform: &Platform, openid: &str) -> ChatbotStateRep
     }
 }
 
+/// The report of a job that has no delivery row: one rejected before it had a valid id (an
+/// unreadable body, an over-long or otherwise invalid job_id), found by the AMQP `message_id`
+/// it was published with. Several accounts' dead letters under one id are ambiguous, like
+/// deliveries; of one account's several (republished), the newest is shown.
+async fn rejected(
+    store: &Store,
+    id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Option<Report>> {
+    let mut found = dead_letters::rejected_by_id(store, id, account).await?;
+    // Newest first: keep each account's newest.
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|d| seen.insert(d.account.clone()));
+    let Some(dl) = account_id::only("job id", id, found, |d| &d.account)? else {
+        return Ok(None);
+    };
+    Ok(Some(Report {
+        delivery: rejected_delivery(id, &dl),
+        conversation: None,
+        history: Vec::new(),
+        dead_letter: Some(dl),
+    }))
+}
+
+/// The delivery `status` shows for a job rejected before it had a valid id: `dead`, on the
+/// dead letter's account, its reason (and detail) as the error, channel and kind unknown
+/// (`-`: the body was never read as a job).
+pub fn rejected_delivery(id: &str, dl: &DeadLetterRow) -> Delivery {
+    Delivery {
+        job_id: id.to_owned(),
+        account: dl.account.clone(),
+        channel: "-".into(),
+        kind: "-".into(),
+        recipient: String::new(),
+        open_kfid: None,
+        status: "dead".into(),
+        attempts: dl.attempts,
+        errcode: dl.errcode,
+        error: Some(match &dl.errmsg {
+            Some(m) => format!("{}: {m}", dl.reason),
+            None => dl.reason.clone(),
+        }),
+        platform_msgid: None,
+        platform_request_msgid: None,
+        broadcast_id: None,
+        created_at: dl.dead_at,
+        updated_at: dl.dead_at,
+        sent_at: None,
+    }
+}
+
 /// The history to show: the recorded events, plus the send when it has no event of its own.
 /// A send that succeeded at the first attempt has none (it is the common case, kept out of the
 /// history table): its time is the row's `sent_at`.
@@ -147,6 +205,64 @@ pub fn history(
 /// (zero or negative: closed).
 pub fn window_left(last: DateTime<Utc>, now: DateTime<Utc>) -> TimeDelta {
     last + WECOM_WINDOW - now
+}
+
+/// A report as the JSON of `GET /v1/jobs/{id}`, built field by field (the store's rows are not
+/// serializable) with the names of the `deliveries` columns; `conversation` and `dead_letter`
+/// only when there is one.
+pub fn report_json(r: &Report) -> Value {
+    let d = &r.delivery;
+    let history: Vec<Value> = r
+        .history
+        .iter()
+        .map(|e| {
+            json!({
+                "at": e.at.to_rfc3339(),
+                "status": e.status,
+                "attempts": e.attempts,
+                "errcode": e.errcode,
+                "error": e.error,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "job_id": d.job_id,
+        "account": d.account,
+        "channel": d.channel,
+        "kind": d.kind,
+        "recipient": d.recipient,
+        "open_kfid": d.open_kfid,
+        "status": d.status,
+        "attempts": d.attempts,
+        "errcode": d.errcode,
+        "error": d.error,
+        "platform_msgid": d.platform_msgid,
+        "platform_request_msgid": d.platform_request_msgid,
+        "broadcast_id": d.broadcast_id,
+        "created_at": d.created_at.to_rfc3339(),
+        "updated_at": d.updated_at.to_rfc3339(),
+        "sent_at": d.sent_at.map(|t| t.to_rfc3339()),
+        "history": history,
+    });
+    if let Some(c) = &r.conversation {
+        v["conversation"] = json!({
+            "open_kfid": c.open_kfid,
+            "recipient": c.recipient,
+            "last_customer_msg_at": c.facts.as_ref().and_then(|f| f.last_customer_msg_at).map(|t| t.to_rfc3339()),
+            "sent_since_customer": c.facts.as_ref().map(|f| f.sent_since_customer),
+            "service_state": c.facts.as_ref().and_then(|f| f.service_state),
+        });
+    }
+    if let Some(dl) = &r.dead_letter {
+        v["dead_letter"] = json!({
+            "id": dl.id,
+            "reason": dl.reason,
+            "errmsg": dl.errmsg,
+            "message_id": dl.message_id,
+            "dead_at": dl.dead_at.to_rfc3339(),
+        });
+    }
+    v
 }
 
 #[cfg(test)]

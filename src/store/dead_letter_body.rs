@@ -36,8 +36,8 @@ pub(super) async fn insert(pool: &PgPool, d: &DeadLetter, max_body: usize) -> an
     let body = StoredBody::of(&d.body, max_body);
     sqlx::query(
         "INSERT INTO dead_letters (job_id, account, reason, errcode, errmsg, attempts, body,
-                                   body_bytes, body_sha256, body_truncated)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                   body_bytes, body_sha256, body_truncated, message_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&d.job_id)
     .bind(&d.account)
@@ -49,6 +49,7 @@ pub(super) async fn insert(pool: &PgPool, d: &DeadLetter, max_body: usize) -> an
     .bind(body.bytes)
     .bind(&body.sha256)
     .bind(body.truncated)
+    .bind(&d.message_id)
     .execute(pool)
     .await
     .context("recording a dead letter")?;

@@ -65,11 +65,15 @@ pub struct DeadLetterFilter {
 }
 
 /// One row of `dead_letters` (without the body).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetterRow {
     pub id: i64,
     /// `None` when the body could not be read as a job (it cannot be replayed).
     pub job_id: Option<String>,
+    /// The AMQP `message_id` it was published with (`None` for rows recorded before migration
+    /// 0017 or published without one). How a job rejected before it had a valid id is found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     pub account: String,
     pub reason: String,
     pub errcode: Option<i64>,
@@ -87,6 +91,7 @@ impl DeadLetterRow {
         Ok(Self {
             id: r.try_get("id")?,
             job_id: r.try_get("job_id")?,
+            message_id: r.try_get("message_id")?,
             account: r.try_get("account")?,
             reason: r.try_get("reason")?,
             errcode: r.try_get("errcode")?,
@@ -164,7 +169,7 @@ pub async fn list(
     limit: Option<i64>,
 ) -> anyhow::Result<Vec<DeadLetterRow>> {
     let rows = sqlx::query(
-        "SELECT id, job_id, account, reason, errcode, errmsg, attempts, dead_at, replayed_at
+        "SELECT id, job_id, message_id, account, reason, errcode, errmsg, attempts, dead_at, replayed_at
          FROM dead_letters
          WHERE ($1::text IS NULL OR account = $1)
            AND ($2::text IS NULL OR reason = $2)
@@ -194,7 +199,7 @@ pub async fn unreplayed(
     limit: Option<i64>,
 ) -> anyhow::Result<Vec<DeadLetterRow>> {
     let rows = sqlx::query(
-        "SELECT id, job_id, account, reason, errcode, errmsg, attempts, dead_at, replayed_at
+        "SELECT id, job_id, message_id, account, reason, errcode, errmsg, attempts, dead_at, replayed_at
          FROM dead_letters
          WHERE replayed_at IS NULL
            AND ($1::text IS NULL OR account = $1)
@@ -209,6 +214,28 @@ pub async fn unreplayed(
     .bind(filter.errcode)
     .bind(filter.since)
     .bind(limit)
+    .fetch_all(db.pg())
+    .await
+    .context(NOT_MIGRATED_HINT)?;
+    rows_of(&rows)
+}
+
+/// The dead letters of a job that has no delivery row because it was rejected before it had a
+/// valid id: those published with AMQP `message_id` = `id`, or recorded with job id `id`, on
+/// `account` (every account when `None`), newest first.
+pub async fn rejected_by_id(
+    db: &impl Db,
+    id: &str,
+    account: Option<&str>,
+) -> anyhow::Result<Vec<DeadLetterRow>> {
+    let rows = sqlx::query(
+        "SELECT id, job_id, message_id, account, reason, errcode, errmsg, attempts, dead_at, replayed_at
+         FROM dead_letters
+         WHERE (message_id = $1 OR job_id = $1) AND ($2::text IS NULL OR account = $2)
+         ORDER BY dead_at DESC, id DESC",
+    )
+    .bind(id)
+    .bind(account)
     .fetch_all(db.pg())
     .await
     .context(NOT_MIGRATED_HINT)?;

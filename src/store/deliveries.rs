@@ -127,6 +127,9 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub job_id: Option<String>,
+    /// The AMQP `message_id` it was published with, whatever it is: a job rejected before it
+    /// had a valid id is still found by it (`status <message_id>`).
+    pub message_id: Option<String>,
     pub account: String,
     pub reason: String,
     pub errcode: Option<i64>,
@@ -149,6 +152,9 @@ pub struct Delivery {
     pub errcode: Option<i64>,
     pub error: Option<String>,
     pub platform_msgid: Option<String>,
+    /// WeCom: the `msgid` the request carried (the job id, or its 32-char digest for a longer
+    /// id; [`crate::domain::ids::wecom_msgid`]). `None` for chatbot jobs and unsent rows.
+    pub platform_request_msgid: Option<String>,
     pub broadcast_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -187,7 +193,7 @@ pub(super) async fn deliveries(
 ) -> anyhow::Result<Vec<Delivery>> {
     let rows = sqlx::query(
         "SELECT job_id, account, channel, kind, recipient, open_kfid, status, attempts, errcode, error,
-                platform_msgid, broadcast_id, created_at, updated_at, sent_at
+                platform_msgid, platform_request_msgid, broadcast_id, created_at, updated_at, sent_at
          FROM deliveries WHERE job_id = $1 AND ($2::text IS NULL OR account = $2)
          ORDER BY account",
     )
@@ -210,6 +216,7 @@ pub(super) async fn deliveries(
             errcode: r.get("errcode"),
             error: r.get("error"),
             platform_msgid: r.get("platform_msgid"),
+            platform_request_msgid: r.get("platform_request_msgid"),
             broadcast_id: r.get("broadcast_id"),
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
@@ -297,6 +304,9 @@ pub(super) async fn claim_batch(
     let mut recipients = Vec::with_capacity(batch.len());
     let mut kfids = Vec::with_capacity(batch.len());
     let mut bids = Vec::with_capacity(batch.len());
+    // The msgid each WeCom job is sent with (the job id, or its digest when longer than
+    // WeCom's 32 chars), kept in the row so `status` shows what the platform was given.
+    let mut request_msgids = Vec::with_capacity(batch.len());
     for (k, f) in batch.iter().zip(&first) {
         if !f {
             continue;
@@ -308,20 +318,33 @@ pub(super) async fn claim_batch(
         recipients.push(k.recipient.as_str());
         kfids.push(k.open_kfid.as_deref());
         bids.push(k.broadcast_id.as_deref());
+        request_msgids.push(
+            (k.channel == "wecom").then(|| crate::domain::ids::wecom_msgid(&k.job_id).into_owned()),
+        );
     }
     // `ins` sees only what it inserted; the outer SELECT runs on the statement's snapshot and
     // so sees only rows that existed before: together, every input job once.
     let rows = sqlx::query(
         "WITH input AS (
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-                 AS t(job_id, account, channel, kind, recipient, open_kfid, broadcast_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                  $8::text[])
+                 AS t(job_id, account, channel, kind, recipient, open_kfid, broadcast_id,
+                      platform_request_msgid)
          ), ins AS (
              INSERT INTO deliveries (job_id, account, channel, kind, recipient, open_kfid, broadcast_id,
-                                     status, attempts, first_attempt_at)
-             SELECT job_id, account, channel, kind, recipient, open_kfid, broadcast_id, 'accepted', 0, now()
+                                     status, attempts, first_attempt_at, platform_request_msgid)
+             SELECT job_id, account, channel, kind, recipient, open_kfid, broadcast_id, 'accepted', 0, now(),
+                    platform_request_msgid
              FROM input
              ON CONFLICT (account, job_id) DO NOTHING
              RETURNING job_id, account
+         ), request_msgid AS (
+             -- a row from before migration 0017, or one written when the job was rejected
+             -- (then replayed): it learns its msgid now
+             UPDATE deliveries d SET platform_request_msgid = i.platform_request_msgid
+             FROM input i
+             WHERE d.job_id = i.job_id AND d.account = i.account
+               AND d.platform_request_msgid IS NULL AND i.platform_request_msgid IS NOT NULL
          )
          , res AS (
              SELECT job_id, account, 'new' AS status, 0 AS attempts, NULL::timestamptz AS first_attempt_at
@@ -345,6 +368,7 @@ pub(super) async fn claim_batch(
     .bind(&recipients)
     .bind(&kfids)
     .bind(&bids)
+    .bind(&request_msgids)
     .fetch_all(pool)
     .await
     .context("claiming deliveries")?;

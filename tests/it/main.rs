@@ -22,6 +22,7 @@ mod ops;
 mod outcomes;
 mod platform_fixes;
 mod recall;
+mod producer;
 mod retry;
 mod states;
 mod schedule;

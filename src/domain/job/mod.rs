@@ -60,7 +60,7 @@ mod render_tests;
 mod tests;
 
 pub use crate::domain::ids::{
-    MAX_JOB_ID_LEN, MAX_RECIPIENT_CHARS, derive_job_id, valid_job_id, valid_recipient,
+    MAX_JOB_ID_LEN, MAX_RECIPIENT_CHARS, derive_job_id, valid_job_id, valid_recipient, wecom_msgid,
 };
 pub use crate::domain::reason::Reason;
 pub use chatbot::{

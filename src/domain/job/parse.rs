@@ -72,7 +72,7 @@ pub fn parse(
 }
 
 fn job_id_of(obj: &Map<String, Value>, message_id: Option<&str>) -> R<String> {
-    const RULE: &str = "must be 1-32 chars of [0-9A-Za-z_-]";
+    const RULE: &str = "must be 1-128 chars of [0-9A-Za-z_.:-]";
     match obj.get("job_id") {
         None | Some(Value::Null) => match message_id {
             None | Some("") => reject(

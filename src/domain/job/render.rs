@@ -5,6 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::model::{Job, JobKind, Message};
 use crate::domain::account::AccountView;
+use crate::domain::ids::wecom_msgid;
 
 // The one XML writer of the tree; `]]>` inside a value is split across two CDATA sections and
 // characters XML cannot carry are dropped ([`super::parse`] already rejects them in the fields
@@ -160,27 +161,29 @@ impl WecomBody<'_> {
     }
 }
 
-/// WeCom kf/send_msg body: `{"touser", "open_kfid", "msgid": job_id, "msgtype", "<msgtype>": payload}`.
+/// WeCom kf/send_msg body: `{"touser", "open_kfid", "msgid", "msgtype", "<msgtype>": payload}`;
+/// `msgid` is [`wecom_msgid`] of the job id (the id itself when it fits WeCom's 32 chars).
 pub fn wecom_send_body(job: &Job) -> Vec<u8> {
     WecomBody {
         fields: &[
             ("touser", &job.to),
             ("open_kfid", job.open_kfid.as_deref().unwrap_or("")),
-            ("msgid", &job.job_id),
+            ("msgid", &wecom_msgid(&job.job_id)),
         ],
         message: job.message.as_ref(),
     }
     .to_vec()
 }
 
-/// WeCom kf/send_msg_on_event body: `{"code", "msgid", "msgtype", "<msgtype>": payload}`.
+/// WeCom kf/send_msg_on_event body: `{"code", "msgid", "msgtype", "<msgtype>": payload}`
+/// (`msgid` as in [`wecom_send_body`]).
 pub fn wecom_event_body(job: &Job) -> Vec<u8> {
     let code = match &job.kind {
         JobKind::EventReply { code } => code.as_str(),
         _ => "",
     };
     WecomBody {
-        fields: &[("code", code), ("msgid", &job.job_id)],
+        fields: &[("code", code), ("msgid", &wecom_msgid(&job.job_id))],
         message: job.message.as_ref(),
     }
     .to_vec()

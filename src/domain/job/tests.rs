@@ -107,10 +107,16 @@ fn job_id_validity() {
     assert!(valid_job_id("r-20261121-000123"));
     assert!(valid_job_id("a"));
     assert!(valid_job_id(&"x".repeat(32)));
+    assert!(valid_job_id(&"x".repeat(128)));
+    // A UUID (36 chars, hyphens), a ULID (26), namespaced ids.
+    assert!(valid_job_id("0b9a8c8e-3f4a-4d39-9a3e-2a5d1f0c7b61"));
+    assert!(valid_job_id("01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+    assert!(valid_job_id("crm:ticket.42"));
     assert!(!valid_job_id(""));
-    assert!(!valid_job_id(&"x".repeat(33)));
+    assert!(!valid_job_id(&"x".repeat(129)));
     assert!(!valid_job_id("a b"));
-    assert!(!valid_job_id("a.b"));
+    assert!(!valid_job_id("a/b"));
+    assert!(!valid_job_id("a%20"));
     assert!(!valid_job_id("é"));
 }
 
@@ -290,7 +296,7 @@ fn every_reason() {
         (Reason::MissingJobId, &c, json!({"to": "oU", "message": {"text": "hi"}})),
         (Reason::MissingJobId, &c, json!({"job_id": null, "to": "oU", "message": {"text": "hi"}})),
         (Reason::InvalidJobId, &c, json!({"job_id": "has space", "to": "oU", "message": {"text": "hi"}})),
-        (Reason::InvalidJobId, &c, json!({"job_id": "x".repeat(33), "to": "oU", "message": {"text": "hi"}})),
+        (Reason::InvalidJobId, &c, json!({"job_id": "x".repeat(129), "to": "oU", "message": {"text": "hi"}})),
         (Reason::InvalidJobId, &c, json!({"job_id": 12, "to": "oU", "message": {"text": "hi"}})),
         (Reason::InvalidJobId, &c, json!({"job_id": "", "to": "oU", "message": {"text": "hi"}})),
         (Reason::InvalidKind, &c, json!({"job_id": "j", "kind": "shout", "to": "oU", "message": {"text": "hi"}})),
@@ -688,7 +694,7 @@ fn invisible_characters_in_ids_are_refused_naming_the_field_the_character_and_wh
             &c,
             json!({"job_id": "j\u{200b}", "to": "oU", "message": {"text": "hi"}}),
             "invalid_job_id",
-            "job_id: \"j\\u{200b}\": must be 1-32 chars of [0-9A-Za-z_-]",
+            "job_id: \"j\\u{200b}\": must be 1-128 chars of [0-9A-Za-z_.:-]",
         ),
         (
             &c,

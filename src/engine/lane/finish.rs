@@ -224,6 +224,11 @@ async fn dead_letter(
     let name = &ctx.account.name;
     let dl = DeadLetter {
         job_id: job_id.map(str::to_owned),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string()),
         account: name.clone(),
         reason: reason.clone(),
         errcode: *errcode,
