@@ -445,7 +445,13 @@ fn the_schema_knows_every_field_message_type_and_limit_of_the_parser() {
         keys(&defs["wecom_message"]["properties"]),
         set(&job::WECOM_MSGTYPES)
     );
-    let event = &defs["wecom_job"]["allOf"][2]["then"]["properties"]["message"]["propertyNames"];
+    let event_rule = defs["wecom_job"]["allOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["if"]["properties"]["kind"]["const"] == "event_reply")
+        .expect("wecom_job has an event_reply rule");
+    let event = &event_rule["then"]["properties"]["message"]["propertyNames"];
     let event: BTreeSet<String> = event["enum"]
         .as_array()
         .unwrap()
