@@ -44,10 +44,17 @@ async function main() {
 
   // a bounded connect: a broker that does not answer is an error, not a hang
   const conn = await amqp.connect(args.url, { timeout: 10000 });
+  conn.on('error', (err) => console.error(`connection error: ${err.message}`));
   try {
     const ch = await conn.createConfirmChannel();
-    // Declared here too (same type and flags as the worker's), so binding never races the worker.
-    await ch.assertExchange(OUTCOMES_EXCHANGE, 'topic', { durable: true });
+    // Not there yet (no worker has started on this vhost)? Declare it as the worker does, so that
+    // the binding never races the worker. The check runs on a channel of its own: a failed check
+    // closes its channel.
+    const probe = await conn.createChannel();
+    probe.on('error', () => {});
+    const exists = await probe.checkExchange(OUTCOMES_EXCHANGE).then(() => true, () => false);
+    if (exists) await probe.close();
+    else await ch.assertExchange(OUTCOMES_EXCHANGE, 'topic', { durable: true });
     const { queue } = await ch.assertQueue('', { exclusive: true, autoDelete: true });
     await ch.bindQueue(queue, OUTCOMES_EXCHANGE, args.account + '.*');
 

@@ -23,7 +23,7 @@ import time
 import uuid
 
 import pika
-from pika.exceptions import NackError, UnroutableError
+from pika.exceptions import ChannelClosedByBroker, NackError, UnroutableError
 
 # The worker's exchanges: jobs in, outcome events out (topic, routing key "<account>.<status>").
 JOBS_EXCHANGE = "wxdispatch"
@@ -49,9 +49,14 @@ def main():
 
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
+    try:
+        ch.exchange_declare(OUTCOMES_EXCHANGE, passive=True)
+    except ChannelClosedByBroker:
+        # Not there yet (no worker has started on this vhost): declare it as the worker does,
+        # so that the binding never races the worker. The failed check closed the channel.
+        ch = conn.channel()
+        ch.exchange_declare(OUTCOMES_EXCHANGE, exchange_type="topic", durable=True)
     ch.confirm_delivery()
-    # Declared here too (same type and flags as the worker's), so binding never races the worker.
-    ch.exchange_declare(OUTCOMES_EXCHANGE, exchange_type="topic", durable=True)
     queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
     ch.queue_bind(queue, OUTCOMES_EXCHANGE, routing_key=args.account + ".*")
 
