@@ -11,13 +11,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wxdispatch::tools::simulate::SimOptions;
 
 use crate::harness::{Env, chatbot_account, wecom_account};
-use crate::retry::wait_status;
 
 /// How long an example may take end to end: its own outcome wait is 30 s.
 const EXAMPLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,7 +62,7 @@ async fn run_example(
     program: &str,
     args: &[&str],
 ) {
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .args(["--url", &amqp_url(env), "--account", account, "--to", to])
         .args(["--job-id", job_id, "--text", "hello from an example"])
@@ -74,11 +73,26 @@ async fn run_example(
         .spawn()
         .unwrap();
 
-    // the publish half: the worker took the job and the platform got it
-    wait_status(env, job_id, "sent", Duration::from_secs(30)).await;
-    let got = env.sim().accepted_for(account);
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].recipient, to);
+    // the publish half: the worker took the job and the platform got it (unless the example
+    // gave up first: then its output says why, below)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.status_of(job_id).await.as_deref() != Some("sent")
+        && child.try_wait().unwrap().is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{job_id} not sent after 30 s: {:?}",
+            env.status_of(job_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    if env.status_of(job_id).await.as_deref() == Some("sent") {
+        let got = env.sim().accepted_for(account);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].recipient, to);
+        eprintln!("{job_id}: the publish half passed (row sent, the simulator got it)");
+    }
 
     // the outcome half: the example saw its own event
     let out = tokio::time::timeout(EXAMPLE_TIMEOUT, child.wait_with_output())
@@ -91,6 +105,11 @@ async fn run_example(
         out.status.success(),
         "{program} exited {:?}\nstdout: {stdout}\nstderr: {stderr}",
         out.status.code()
+    );
+    assert_eq!(
+        env.status_of(job_id).await.as_deref(),
+        Some("sent"),
+        "stdout: {stdout}\nstderr: {stderr}"
     );
     let line = stdout.lines().last().unwrap_or("");
     let event: Value = serde_json::from_str(line)
