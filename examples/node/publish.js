@@ -30,6 +30,7 @@ async function main() {
       account: { type: 'string', default: process.env.WXDISPATCH_ACCOUNT },
       to: { type: 'string', default: process.env.WXDISPATCH_TO },
       text: { type: 'string', default: 'Hello from Node' },
+      'open-kfid': { type: 'string' }, // WeCom: needed when the account has several
       'job-id': { type: 'string' },
       timeout: { type: 'string', default: '30' },
     },
@@ -41,6 +42,7 @@ async function main() {
   const jobId = args['job-id'] || 'js-' + crypto.randomBytes(12).toString('hex');
   const correlationId = crypto.randomUUID();
   const job = { job_id: jobId, to: args.to, message: { text: args.text } };
+  if (args['open-kfid']) job.open_kfid = args['open-kfid'];
 
   // a bounded connect: a broker that does not answer is an error, not a hang
   const conn = await amqp.connect(args.url, { timeout: 10000 });

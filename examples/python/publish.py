@@ -37,6 +37,7 @@ def main():
     p.add_argument("--account", default=os.environ.get("WXDISPATCH_ACCOUNT"), help="account name (env WXDISPATCH_ACCOUNT)")
     p.add_argument("--to", default=os.environ.get("WXDISPATCH_TO"), help="openid or external_userid (env WXDISPATCH_TO)")
     p.add_argument("--text", default="Hello from Python", help="the text message")
+    p.add_argument("--open-kfid", default=None, help="WeCom: the open_kfid (needed when the account has several)")
     p.add_argument("--job-id", default=None, help="job id (default: py-<random>)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the outcome event")
     args = p.parse_args()
@@ -46,6 +47,8 @@ def main():
     job_id = args.job_id or "py-" + uuid.uuid4().hex[:24]
     correlation_id = str(uuid.uuid4())
     job = {"job_id": job_id, "to": args.to, "message": {"text": args.text}}
+    if args.open_kfid:
+        job["open_kfid"] = args.open_kfid
 
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
