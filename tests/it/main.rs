@@ -12,6 +12,7 @@ mod crash;
 mod dead_letter_digest;
 mod demo;
 mod deploy;
+mod examples;
 mod harness;
 mod hold_writes;
 mod http_limits;
