@@ -301,7 +301,7 @@ pub async fn declare_all(conn: &Connection, cfg: &Config) -> anyhow::Result<Decl
     for a in &cfg.accounts {
         d.lane(a).await?;
     }
-    // MERGE(outcomes): `crate::broker::outcomes::declare_outcomes(&d.ch).await?;` goes here.
+    crate::broker::outcomes::declare_outcomes(&d.ch).await?;
     let _ = d.ch.close(200, "topology declared".into()).await;
     Ok(d.out)
 }

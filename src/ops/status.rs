@@ -148,6 +148,8 @@ async fn rejected(
         delivery: rejected_delivery(id, &dl),
         conversation: None,
         history: Vec::new(),
+        chatbot: None,
+        recall: None,
         dead_letter: Some(dl),
     }))
 }
