@@ -94,11 +94,20 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return exit::report(&anyhow::Error::new(e).context("cannot start the runtime")),
     };
-    match rt.block_on(dispatch(cli)) {
+    let code = match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => exit::report(&e),
-    }
+    };
+    // Dropping a runtime waits for its blocking tasks without a bound (a connect attempt's
+    // resolver thread, say): the command's work is done, so give them a moment and go.
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
 }
+
+/// How long a finished command waits for the runtime's leftover blocking tasks before it
+/// exits anyway (a test once saw `send` hang for minutes after its connect error, on a
+/// loaded machine; nothing a command still needs runs on those threads).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The log filter when `RUST_LOG` is not set: the worker (`run`) at INFO, every other
 /// command at WARN so that log lines do not mix into its output; `-v` INFO, `-vv` DEBUG, `-q`
