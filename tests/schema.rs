@@ -190,6 +190,7 @@ fn every_good_job_is_accepted_by_both_the_schema_and_the_parser() {
         want.insert(format!("wecom.{k}"));
     }
     want.insert("wecom.event_reply".to_owned());
+    want.insert("wecom.recall".to_owned());
     assert_eq!(kinds, want);
     let want: BTreeSet<String> = job::CHATBOT_MSGTYPES
         .iter()
@@ -230,7 +231,8 @@ fn every_bad_job_is_refused_by_both_with_the_reason_its_name_gives() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // every reason the schema can express has a file (the others depend on the account, the
     // body's size or its encoding: unknown_open_kfid, missing_open_kfid, missing_appid,
-    // body_too_large, invalid_utf8; too_many_recipients is built below, 100 001 recipients)
+    // body_too_large, invalid_utf8; too_many_recipients is built below, 100 001 recipients;
+    // not_before_after_not_after compares two fields, which JSON Schema cannot)
     for r in [
         "invalid_json",
         "missing_job_id",
@@ -244,9 +246,14 @@ fn every_bad_job_is_refused_by_both_with_the_reason_its_name_gives() {
         "invalid_open_kfid",
         "invalid_gate",
         "invalid_not_after",
+        "invalid_not_before",
         "invalid_chatbot",
         "invalid_code",
         "invalid_transfer",
+        "invalid_kefustate",
+        "invalid_expires",
+        "invalid_recall_target",
+        "recall_wecom_only",
     ] {
         assert!(reasons.contains(r), "no bad job for {r}");
     }
@@ -424,8 +431,10 @@ fn the_schema_knows_every_field_message_type_and_limit_of_the_parser() {
     let defs = &s["$defs"];
     let src = |f: &str| std::fs::read_to_string(root().join("src/domain/job").join(f)).unwrap();
 
-    // top-level fields: what parse.rs reads is what each channel's job lists
-    let read = names_after(&src("parse.rs"), &["obj.get(\""]);
+    // top-level fields: what parse.rs reads (and chatbot.rs, for a chatbot transfer's
+    // kefustate and expires) is what each channel's job lists
+    let mut read = names_after(&src("parse.rs"), &["obj.get(\""]);
+    read.extend(names_after(&src("chatbot.rs"), &["obj.get(\""]));
     for def in ["chatbot_job", "wecom_job"] {
         assert_eq!(keys(&defs[def]["properties"]), read, "{def} vs parse.rs");
         assert_eq!(defs[def]["additionalProperties"], json!(false));
@@ -516,6 +525,6 @@ fn the_schema_knows_every_field_message_type_and_limit_of_the_parser() {
     );
     assert_eq!(
         defs["job_id"]["pattern"],
-        json!(format!("^[0-9A-Za-z_-]{{1,{}}}$", job::MAX_JOB_ID_LEN))
+        json!(format!("^[0-9A-Za-z_.:-]{{1,{}}}$", job::MAX_JOB_ID_LEN))
     );
 }
