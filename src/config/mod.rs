@@ -33,8 +33,7 @@ pub use api_tokens::ApiToken;
 pub use files::{CONFIG_FILE_MAX, INPUT_FILE_MAX, SECRET_FILE_MAX, read_capped};
 pub use model::{
     BrokerConfig, Config, DatabaseConfig, HttpConfig, OutcomesConfig, RetryConfig, StartupConfig,
-    SyncConfig, VoiceFormat,
-    WorkerConfig,
+    SyncConfig, VoiceFormat, WorkerConfig,
 };
 pub use secret::Secret;
 pub use urls::{SecretUrl, redact_url_password};

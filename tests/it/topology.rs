@@ -557,7 +557,7 @@ fn run_exits_1_naming_the_host_once_startup_wait_secs_is_over() {
     assert!(t0.elapsed() < Duration::from_secs(30), "bounded");
     let line = stderr
         .lines()
-        .find(|l| l.starts_with("wxdispatch: error:"))
+        .find(|l| l.starts_with("error:"))
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
         line.contains(&format!("postgres at 127.0.0.1:{pg} not reachable after "))
