@@ -306,6 +306,26 @@ impl Env {
     }
 
     /// Messages currently in a queue (declared passively).
+    /// Poll until `dead_letters` has at least `n` rows (a dead letter is published before its
+    /// row is written).
+    pub async fn wait_dead_letter_rows(&self, n: i64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {have} of {n} dead letters recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch

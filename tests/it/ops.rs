@@ -18,24 +18,6 @@ fn accounts(base: &str) -> Vec<wxdispatch::config::AccountConfig> {
     vec![chatbot_account("bot", base), wecom_account("kf", base)]
 }
 
-async fn wait_dead_letter_rows(env: &Env, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let have: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        if have >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {have} of {n} dead letters recorded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn wait_status(env: &Env, ids: &[&str], status: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -116,9 +98,9 @@ async fn config_error_dead_letters_are_replayed_by_filter_and_exactly_those_are_
     env.publish("bot", &text("bot-1", "oBot")).await;
     env.wait_terminal(6, Duration::from_secs(10)).await;
     env.publish_raw("kf", b"this is not json").await;
-    wait_dead_letter_rows(&env, 6).await;
+    env.wait_dead_letter_rows(6, Duration::from_secs(15)).await;
     env.publish("ghost", &text("ghost-1", "wmX")).await;
-    wait_dead_letter_rows(&env, 7).await;
+    env.wait_dead_letter_rows(7, Duration::from_secs(15)).await;
     for id in ["cfg-1", "cfg-2", "cfg-3", "rcpt-1", "bot-1"] {
         assert_eq!(env.status_of(id).await.as_deref(), Some("dead"), "{id}");
     }

@@ -2,7 +2,7 @@
 //! WeCom msgid derived from longer ones), jobs rejected before they had a valid id found by
 //! their AMQP message_id, and the HTTP job API.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::BasicProperties;
 use serde_json::{Value, json};
@@ -18,22 +18,6 @@ use crate::harness::{Env, chatbot_account, wecom_account};
 
 const UUID: &str = "0b9a8c8e-3f4a-4d39-9a3e-2a5d1f0c7b61";
 const ULID: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-
-/// Poll until `dead_letters` has `n` rows.
-async fn wait_dead_letters(env: &Env, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let have: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        if have >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "only {have} of {n} dead letters");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn publish_with_message_id(env: &Env, account: &str, body: &[u8], message_id: &str) {
     env.publisher
@@ -77,7 +61,7 @@ async fn uuid_and_ulid_ids_are_sent_and_jobs_rejected_before_an_id_are_found_by_
     .await;
     // UUID, ULID sent; the unreadable body dead under its message_id.
     env.wait_terminal(3, Duration::from_secs(30)).await;
-    wait_dead_letters(&env, 3).await;
+    env.wait_dead_letter_rows(3, Duration::from_secs(30)).await;
     let statuses = env.statuses().await;
     assert_eq!(statuses.get(UUID).map(String::as_str), Some("sent"));
     assert_eq!(statuses.get(ULID).map(String::as_str), Some("sent"));

@@ -35,6 +35,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Admit a request: authenticate its bearer token, then take one request from that token's
+/// allowance. `Ok`: the token's configured entry. `Err`: the 401 or 429 to answer (counted).
+/// Both routes call it before they read anything else of the request.
+pub fn admit<'a>(
+    api: &'a super::api::JobApi,
+    headers: &HeaderMap,
+) -> Result<&'a crate::config::ApiToken, Box<axum::response::Response>> {
+    let Some(i) = authenticate(&api.tokens, headers) else {
+        super::reply::count("-", "unauthorized");
+        return Err(Box::new(super::reply::unauthorized()));
+    };
+    let token = &api.tokens[i].cfg;
+    if let Err(secs) = api.take(i) {
+        super::reply::count(&token.name, "rate_limited");
+        return Err(Box::new(super::reply::rate_limited(secs)));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

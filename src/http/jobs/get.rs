@@ -23,15 +23,10 @@ pub async fn get_job(
     Path(id): Path<String>,
     Query(q): Query<JobQuery>,
 ) -> Response {
-    let Some(i) = super::auth::authenticate(&s.jobs.tokens, &headers) else {
-        count("-", "unauthorized");
-        return reply::unauthorized();
+    let token = match super::auth::admit(&s.jobs, &headers) {
+        Ok(t) => t,
+        Err(refused) => return *refused,
     };
-    let token = &s.jobs.tokens[i].cfg;
-    if let Err(secs) = s.jobs.take(i) {
-        count(&token.name, "rate_limited");
-        return reply::rate_limited(secs);
-    }
     // A token limited to one account looks there; one limited to several must name it when
     // the id is ambiguous, like anybody.
     let account = q.account.or_else(|| match token.accounts.as_slice() {

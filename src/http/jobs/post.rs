@@ -15,15 +15,10 @@ use crate::http::state::AppState;
 pub async fn post_jobs(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     // Authentication and the rate come before the body is read: an unknown caller cannot make
     // the worker buffer anything.
-    let Some(i) = super::auth::authenticate(&s.jobs.tokens, &headers) else {
-        count("-", "unauthorized");
-        return reply::unauthorized();
+    let token = match super::auth::admit(&s.jobs, &headers) {
+        Ok(t) => t,
+        Err(refused) => return *refused,
     };
-    let token = &s.jobs.tokens[i].cfg;
-    if let Err(secs) = s.jobs.take(i) {
-        count(&token.name, "rate_limited");
-        return reply::rate_limited(secs);
-    }
     let cfg = &s.cfg;
     let limit = cfg
         .worker
